@@ -1,0 +1,250 @@
+package verifier
+
+import (
+	"errors"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/webhookgate/caddy-openai-webhook/internal/webhooktest"
+)
+
+func mustKey(t testing.TB, secret string) []byte {
+	t.Helper()
+	key, err := ParseSecret(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
+func newVerifier(t testing.TB, now time.Time, secrets ...string) *Verifier {
+	t.Helper()
+	var keys [][]byte
+	for _, s := range secrets {
+		keys = append(keys, mustKey(t, s))
+	}
+	v, err := New(Config{Keys: keys, Tolerance: DefaultTolerance, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestPublishedVectors(t *testing.T) {
+	vectors := webhooktest.LoadVectors(t)
+	for _, vec := range vectors.Vectors {
+		t.Run(vec.Name, func(t *testing.T) {
+			sent, err := strconv.ParseInt(vec.Timestamp, 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v := newVerifier(t, time.Unix(sent, 0), vec.Secret)
+			h := Headers{ID: vec.ID, Timestamp: vec.Timestamp, Signature: vec.Signature}
+			if err := v.Verify(h, []byte(vec.Payload)); err != nil {
+				t.Fatalf("published vector refused: %v", err)
+			}
+			// The same delivery among other entries, as during a rotation.
+			h.Signature = vectors.WrongSignatures[0] + " " + vec.Signature
+			if err := v.Verify(h, []byte(vec.Payload)); err != nil {
+				t.Fatalf("vector as second entry refused: %v", err)
+			}
+			for _, wrong := range vectors.WrongSignatures {
+				h.Signature = wrong
+				if err := v.Verify(h, []byte(vec.Payload)); err == nil {
+					t.Fatalf("wrong signature %q accepted", wrong)
+				}
+			}
+			// One byte more or less of body, or another id, must not verify.
+			h.Signature = vec.Signature
+			for _, body := range []string{vec.Payload + " ", vec.Payload[:len(vec.Payload)-1], strings.ToUpper(vec.Payload)} {
+				if err := v.Verify(h, []byte(body)); !errors.Is(err, ErrNoMatchingSignature) {
+					t.Fatalf("altered body: got %v, want ErrNoMatchingSignature", err)
+				}
+			}
+			h.ID = vec.ID + "x"
+			if err := v.Verify(h, []byte(vec.Payload)); !errors.Is(err, ErrNoMatchingSignature) {
+				t.Fatalf("altered id: got %v, want ErrNoMatchingSignature", err)
+			}
+		})
+	}
+}
+
+func TestRotationAcceptsAnyConfiguredKey(t *testing.T) {
+	vectors := webhooktest.LoadVectors(t)
+	a, c := vectors.Vectors[0], vectors.Vectors[2]
+	sent, _ := strconv.ParseInt(c.Timestamp, 10, 64)
+	v := newVerifier(t, time.Unix(sent, 0), a.Secret, c.Secret)
+	if err := v.Verify(Headers{ID: c.ID, Timestamp: c.Timestamp, Signature: c.Signature}, []byte(c.Payload)); err != nil {
+		t.Fatalf("signature by the second key refused: %v", err)
+	}
+	only := newVerifier(t, time.Unix(sent, 0), a.Secret)
+	if err := only.Verify(Headers{ID: c.ID, Timestamp: c.Timestamp, Signature: c.Signature}, []byte(c.Payload)); !errors.Is(err, ErrNoMatchingSignature) {
+		t.Fatalf("signature by an unconfigured key: got %v, want ErrNoMatchingSignature", err)
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	now := time.Unix(1_750_000_000, 0)
+	body := []byte(`{"type":"response.completed"}`)
+	const id = "wh_685c059ae39c8190af8c71ed1022a24d"
+	good := webhooktest.Sign(t, webhooktest.Secret, id, now, body)
+	mac := strings.TrimPrefix(good, "v1,")
+	ts := strconv.FormatInt(now.Unix(), 10)
+	at := func(d time.Duration) string { return strconv.FormatInt(now.Add(d).Unix(), 10) }
+	v := newVerifier(t, now, webhooktest.Secret)
+
+	for _, tc := range []struct {
+		name          string
+		id, ts, sig   string
+		want          error // nil: accepted
+		signedAtDelta time.Duration
+	}{
+		{name: "valid", id: id, ts: ts, sig: good},
+		{name: "valid at the old edge", id: id, ts: at(-5 * time.Minute), signedAtDelta: -5 * time.Minute},
+		{name: "valid at the new edge", id: id, ts: at(5 * time.Minute), signedAtDelta: 5 * time.Minute},
+		{name: "one second too old", id: id, ts: at(-5*time.Minute - time.Second), want: ErrTimestampTooOld},
+		{name: "one second too new", id: id, ts: at(5*time.Minute + time.Second), want: ErrTimestampTooNew},
+		{name: "zero", id: id, ts: "0", sig: good, want: ErrTimestampTooOld},
+		{name: "max int64", id: id, ts: "9223372036854775807", sig: good, want: ErrTimestampTooNew},
+		{name: "past int64", id: id, ts: "9223372036854775808", sig: good, want: ErrInvalidTimestamp},
+		{name: "19 nines", id: id, ts: "9999999999999999999", sig: good, want: ErrInvalidTimestamp},
+		{name: "20 digits", id: id, ts: "17500000000000000000", sig: good, want: ErrInvalidTimestamp},
+		{name: "min int64", id: id, ts: "-9223372036854775808", sig: good, want: ErrInvalidTimestamp},
+		{name: "negative", id: id, ts: "-1", sig: good, want: ErrInvalidTimestamp},
+		{name: "plus sign", id: id, ts: "+" + ts, sig: good, want: ErrInvalidTimestamp},
+		{name: "leading zero", id: id, ts: "0" + ts, sig: good, want: ErrInvalidTimestamp},
+		{name: "fraction", id: id, ts: ts + ".5", sig: good, want: ErrInvalidTimestamp},
+		{name: "space", id: id, ts: ts + " ", sig: good, want: ErrInvalidTimestamp},
+		{name: "milliseconds", id: id, ts: ts + "000", sig: good, want: ErrTimestampTooNew},
+		{name: "RFC 3339", id: id, ts: now.UTC().Format(time.RFC3339), sig: good, want: ErrInvalidTimestamp},
+		{name: "empty timestamp", id: id, ts: "", sig: good, want: ErrMissingHeader},
+		{name: "empty id", id: "", ts: ts, sig: good, want: ErrMissingHeader},
+		{name: "id with dot", id: "wh_1.2", ts: ts, sig: good, want: ErrInvalidID},
+		{name: "id with space", id: "wh 1", ts: ts, sig: good, want: ErrInvalidID},
+		{name: "id with control byte", id: "wh\x001", ts: ts, sig: good, want: ErrInvalidID},
+		{name: "id with UTF-8", id: "wh_é", ts: ts, sig: good, want: ErrInvalidID},
+		{name: "id too long", id: strings.Repeat("a", MaxIDLen+1), ts: ts, sig: good, want: ErrInvalidID},
+		{name: "empty signature", id: id, ts: ts, sig: "", want: ErrMissingHeader},
+		{name: "bare base64", id: id, ts: ts, sig: mac, want: ErrInvalidSignature},
+		{name: "v1a entry", id: id, ts: ts, sig: "v1a," + mac, want: ErrInvalidSignature},
+		{name: "v2 entry", id: id, ts: ts, sig: "v2," + mac, want: ErrInvalidSignature},
+		{name: "V1 upper case", id: id, ts: ts, sig: "V1," + mac, want: ErrInvalidSignature},
+		{name: "v1 empty", id: id, ts: ts, sig: "v1,", want: ErrInvalidSignature},
+		{name: "v1 short MAC", id: id, ts: ts, sig: "v1," + mac[:40], want: ErrInvalidSignature},
+		{name: "v1 long MAC", id: id, ts: ts, sig: "v1," + mac + "AAAA", want: ErrInvalidSignature},
+		{name: "v1 unpadded", id: id, ts: ts, sig: "v1," + strings.TrimRight(mac, "="), want: ErrInvalidSignature},
+		{name: "v1 URL alphabet", id: id, ts: ts, sig: "v1,-" + mac[1:], want: ErrInvalidSignature},
+		{name: "extra comma", id: id, ts: ts, sig: good + ",junk", want: ErrInvalidSignature},
+		{name: "good then junk entry", id: id, ts: ts, sig: good + " junk", want: ErrInvalidSignature},
+		{name: "double space", id: id, ts: ts, sig: good + "  " + good, want: ErrInvalidSignature},
+		{name: "trailing space", id: id, ts: ts, sig: good + " ", want: ErrInvalidSignature},
+		{name: "comma separated", id: id, ts: ts, sig: good + "," + good, want: ErrInvalidSignature},
+		{name: "16 entries, last good", id: id, ts: ts, sig: strings.Repeat("v1,"+strings.Repeat("A", 43)+"= ", MaxSignatures-1) + good},
+		{name: "17 entries", id: id, ts: ts, sig: strings.Repeat(good+" ", MaxSignatures) + good, want: ErrTooManySignatures},
+		{name: "huge header", id: id, ts: ts, sig: strings.Repeat("v1,x ", 100_000), want: ErrTooManySignatures},
+		{name: "non-canonical padding bits", id: id, ts: ts, sig: "v1," + flipPaddingBit(mac), want: ErrInvalidSignature},
+		{name: "wrong MAC", id: id, ts: ts, sig: "v1," + strings.Repeat("A", 43) + "=", want: ErrNoMatchingSignature},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sig := tc.sig
+			if sig == "" && tc.want == nil || tc.signedAtDelta != 0 {
+				sig = webhooktest.Sign(t, webhooktest.Secret, tc.id, now.Add(tc.signedAtDelta), body)
+			}
+			err := v.Verify(Headers{ID: tc.id, Timestamp: tc.ts, Signature: sig}, body)
+			if tc.want == nil {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("got %v, want %v", err, tc.want)
+			}
+			if strings.Contains(err.Error(), mac) || strings.Contains(err.Error(), string(body)) {
+				t.Fatalf("error text leaks the signature or body: %v", err)
+			}
+		})
+	}
+}
+
+// flipPaddingBit sets the lowest bit of the last base64 digit, which a
+// 32-byte MAC leaves unused: lax decoders read the same MAC from it.
+func flipPaddingBit(mac string) string {
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+	last := strings.IndexByte(alphabet, mac[42])
+	return mac[:42] + string(alphabet[last|1]) + mac[43:]
+}
+
+func TestParseSecret(t *testing.T) {
+	for _, tc := range []struct {
+		secret string
+		ok     bool
+	}{
+		{webhooktest.Secret, true},
+		{"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", true}, // 24 bytes
+		{"", false},
+		{strings.TrimPrefix(webhooktest.Secret, "whsec_"), false},
+		{"WHSEC_" + strings.TrimPrefix(webhooktest.Secret, "whsec_"), false},
+		{webhooktest.Secret[:len(webhooktest.Secret)-1], false},           // padding removed
+		{webhooktest.Secret[:20] + "\n" + webhooktest.Secret[20:], false}, // newline inside
+		{webhooktest.Secret + " ", false},                                 // trailing space
+		{"whsec_" + strings.Repeat("A", 28), false},                       // 21 bytes
+		{"whsec_" + strings.Repeat("A", 88), false},                       // 66 bytes
+		{"whsec_" + strings.Repeat("A", 86) + "==", true},                 // 64 bytes
+		{"whsec_RdvaYFYUXuIFuEbvZHwMfYFhUf7aMYjYcmM24-Aj40c=", false},     // URL alphabet
+		{"whsec_RdvaYFYUXuIFuEbvZHwMfYFhUf7aMYjYcmM24+Aj40d=", false},     // padding bits set
+	} {
+		_, err := ParseSecret(tc.secret)
+		if (err == nil) != tc.ok {
+			t.Errorf("ParseSecret(%q): err = %v, want ok = %v", tc.secret, err, tc.ok)
+		}
+		if err != nil && len(tc.secret) > len(SecretPrefix)+4 && strings.Contains(err.Error(), tc.secret[len(SecretPrefix):]) {
+			t.Errorf("error leaks the secret: %v", err)
+		}
+	}
+}
+
+func TestNewRejectsBadConfig(t *testing.T) {
+	key := mustKey(t, webhooktest.Secret)
+	for _, cfg := range []Config{
+		{Tolerance: DefaultTolerance},
+		{Keys: [][]byte{key}, Tolerance: 0},
+		{Keys: [][]byte{key}, Tolerance: 999 * time.Millisecond},
+		{Keys: [][]byte{key[:10]}, Tolerance: DefaultTolerance},
+	} {
+		if _, err := New(cfg); err == nil {
+			t.Errorf("New(%d keys, tolerance %s) accepted", len(cfg.Keys), cfg.Tolerance)
+		}
+	}
+}
+
+// TestStreamingMatchesWholeBody: writing the body in pieces gives the verdict
+// of the whole body, so a handler may hash while it reads.
+func TestStreamingMatchesWholeBody(t *testing.T) {
+	now := time.Unix(1_750_000_000, 0)
+	v := newVerifier(t, now, webhooktest.Secret)
+	body := []byte(strings.Repeat(`{"k":"v"}`, 5000))
+	h := Headers{ID: "msg_1", Timestamp: strconv.FormatInt(now.Unix(), 10),
+		Signature: webhooktest.Sign(t, webhooktest.Secret, "msg_1", now, body)}
+	for _, piece := range []int{1, 7, 4096, len(body)} {
+		m, err := v.Begin(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for off := 0; off < len(body); off += piece {
+			_, _ = m.Write(body[off:min(off+piece, len(body))])
+		}
+		if err := m.Finish(); err != nil {
+			t.Fatalf("pieces of %d: %v", piece, err)
+		}
+	}
+	// A pooled Message that was discarded mid-body must not taint the next.
+	m, _ := v.Begin(h)
+	_, _ = m.Write([]byte("garbage"))
+	m.Discard()
+	if err := v.Verify(h, body); err != nil {
+		t.Fatalf("after a discarded message: %v", err)
+	}
+}
