@@ -30,13 +30,17 @@ func main() {
 		caddycmd.Main()
 		return
 	}
-	if err := runDemo(); err != nil {
+	caddy.TrapSignals()
+	if err := startDemo(); err != nil {
 		fmt.Fprintln(os.Stderr, "caddy:", err)
 		os.Exit(1)
 	}
+	fmt.Fprintln(os.Stderr, "openai_webhook gateway on http://127.0.0.1:8080, demo app on http://127.0.0.1:8081; Ctrl-C stops")
+	select {}
 }
 
-func runDemo() error {
+// startDemo loads the embedded demo config into Caddy.
+func startDemo() error {
 	if os.Getenv("OPENAI_WEBHOOK_SECRET") == "" {
 		fmt.Fprintf(os.Stderr, "OPENAI_WEBHOOK_SECRET is unset: using the public demo secret %s\n", demoSecret)
 		if err := os.Setenv("OPENAI_WEBHOOK_SECRET", demoSecret); err != nil {
@@ -50,10 +54,5 @@ func runDemo() error {
 	for _, w := range warnings {
 		fmt.Fprintln(os.Stderr, "caddyfile:", w.String())
 	}
-	caddy.TrapSignals()
-	if err := caddy.Load(config, true); err != nil {
-		return err
-	}
-	fmt.Fprintln(os.Stderr, "openai_webhook gateway on http://127.0.0.1:8080, demo app on http://127.0.0.1:8081; Ctrl-C stops")
-	select {}
+	return caddy.Load(config, true)
 }
