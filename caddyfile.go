@@ -1,6 +1,8 @@
 package openaiwebhook
 
 import (
+	"strconv"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
@@ -28,6 +30,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		secret    <secret>
 //		tolerance <duration>
 //		max_size  <size>
+//		replay_window   <duration>|off
+//		replay_capacity <count>
 //	}
 //
 // secret may be repeated; every secret given is accepted.
@@ -70,6 +74,30 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("max_size: %s is not between 1 byte and 1GiB", value)
 			}
 			h.MaxSize = int64(size)
+		case "replay_window":
+			var value string
+			if !d.AllArgs(&value) {
+				return d.ArgErr()
+			}
+			if value == "off" {
+				h.ReplayWindow = -1
+				break
+			}
+			dur, err := caddy.ParseDuration(value)
+			if err != nil || dur <= 0 {
+				return d.Errf("replay_window: %q is neither a positive duration nor off", value)
+			}
+			h.ReplayWindow = caddy.Duration(dur)
+		case "replay_capacity":
+			var value string
+			if !d.AllArgs(&value) {
+				return d.ArgErr()
+			}
+			n, err := strconv.Atoi(value)
+			if err != nil || n <= 0 {
+				return d.Errf("replay_capacity: %q is not a positive whole number", value)
+			}
+			h.ReplayCapacity = n
 		default:
 			return d.Errf("unrecognized openai_webhook subdirective %q", d.Val())
 		}

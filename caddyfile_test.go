@@ -37,6 +37,19 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			input: "openai_webhook {env.A} {\n secret {env.B}\n max_size 1MB\n}",
 			want:  Handler{Secrets: []string{"{env.A}", "{env.B}"}, MaxSize: 1_000_000},
 		},
+		{
+			name:  "replay options",
+			input: "openai_webhook {env.A} {\n replay_window 1h\n replay_capacity 5000\n}",
+			want:  Handler{Secrets: []string{"{env.A}"}, ReplayWindow: caddy.Duration(time.Hour), ReplayCapacity: 5000},
+		},
+		{
+			name:  "replay off",
+			input: "openai_webhook {env.A} {\n replay_window off\n}",
+			want:  Handler{Secrets: []string{"{env.A}"}, ReplayWindow: -1},
+		},
+		{name: "bad replay_window", input: "openai_webhook {\n replay_window never\n}", wantErr: "replay_window"},
+		{name: "zero replay_window", input: "openai_webhook {\n replay_window 0s\n}", wantErr: "replay_window"},
+		{name: "bad replay_capacity", input: "openai_webhook {\n replay_capacity -3\n}", wantErr: "replay_capacity"},
 		{name: "no secret is a provision error, not a parse error", input: `openai_webhook`, want: Handler{}},
 		{name: "two arguments", input: `openai_webhook {env.A} {env.B}`, wantErr: "wrong argument count"},
 		{name: "secret without value", input: "openai_webhook {\n secret\n}", wantErr: "wrong argument count"},
@@ -59,7 +72,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if strings.Join(got.Secrets, ",") != strings.Join(tc.want.Secrets, ",") || got.Tolerance != tc.want.Tolerance || got.MaxSize != tc.want.MaxSize {
+			if strings.Join(got.Secrets, ",") != strings.Join(tc.want.Secrets, ",") || got.Tolerance != tc.want.Tolerance || got.MaxSize != tc.want.MaxSize ||
+				got.ReplayWindow != tc.want.ReplayWindow || got.ReplayCapacity != tc.want.ReplayCapacity {
 				t.Fatalf("got %+v, want %+v", got, tc.want)
 			}
 		})

@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/webhookgate/caddy-openai-webhook/internal/replay"
 	"github.com/webhookgate/caddy-openai-webhook/internal/verifier"
 )
 
@@ -59,8 +60,23 @@ type Handler struct {
 	// At most 1 GiB. Default: 1 MiB.
 	MaxSize int64 `json:"max_size,omitempty"`
 
-	verifier *verifier.Verifier
-	logger   *zap.Logger
+	// ReplayWindow is how long the webhook-id of a delivered request is
+	// remembered. While it is, a request with the same id is answered 200
+	// with an empty body and not forwarded; one whose id is being forwarded
+	// at that moment gets 409. An id is remembered only once the next
+	// handler answered 2xx, so the sender's retries of a failed delivery go
+	// through. Default: twice the tolerance, which outlasts every replay of
+	// a captured request. Negative (Caddyfile: off) turns replay refusal off.
+	ReplayWindow caddy.Duration `json:"replay_window,omitempty"`
+
+	// ReplayCapacity is the most delivered ids kept in memory; past it the
+	// oldest is forgotten early. Each costs about 180 bytes. Default: 100000.
+	ReplayCapacity int `json:"replay_capacity,omitempty"`
+
+	verifier  *verifier.Verifier
+	replay    replay.Store // nil when replay refusal is off
+	replayKey string       // the handler's share of replayStores
+	logger    *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -92,7 +108,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.verifier, err = verifier.New(verifier.Config{Keys: keys, Tolerance: time.Duration(h.Tolerance)})
-	return err
+	if err != nil {
+		return err
+	}
+	return h.provisionReplay(keys)
 }
 
 // expandSecrets resolves placeholders in each secret and decodes it.
@@ -164,7 +183,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	repl.Set("openai_webhook.id", headers.ID)
 	repl.Set("openai_webhook.timestamp", headers.Timestamp)
-	return next.ServeHTTP(w, r)
+	if h.replay == nil {
+		return next.ServeHTTP(w, r)
+	}
+	return h.forwardOnce(w, r, next, headers.ID)
 }
 
 var errMethodNotAllowed = errors.New("method not allowed: webhooks are POSTed")
@@ -217,6 +239,7 @@ func singleHeader(hdr http.Header, canonicalName string) (string, error) {
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 	_ caddyfile.Unmarshaler       = (*Handler)(nil)
 )

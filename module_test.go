@@ -29,6 +29,7 @@ func provisioned(t *testing.T, h *Handler) (*Handler, *bytes.Buffer) {
 	if err := h.Provision(ctx); err != nil {
 		t.Fatalf("provision: %v", err)
 	}
+	t.Cleanup(func() { _ = h.Cleanup() })
 	logs := new(bytes.Buffer)
 	enc := zapcore.NewJSONEncoder(zap.NewDevelopmentEncoderConfig())
 	h.logger = zap.New(zapcore.NewCore(enc, zapcore.AddSync(logs), zapcore.DebugLevel))
@@ -79,10 +80,10 @@ func serve(h *Handler, r *http.Request) (*forwarded, error) {
 // hiddenLength hides a reader's length, as a chunked request body does.
 type hiddenLength struct{ io.Reader }
 
-func signedRequest(t *testing.T, body []byte, ts time.Time) *http.Request {
+func signedRequest(t *testing.T, id string, body []byte, ts time.Time) *http.Request {
 	t.Helper()
 	r := httptest.NewRequest(http.MethodPost, "/webhook", bytes.NewReader(body))
-	for k, v := range webhooktest.Headers(t, webhooktest.Secret, "wh_test", ts, body) {
+	for k, v := range webhooktest.Headers(t, webhooktest.Secret, id, ts, body) {
 		r.Header[k] = v
 	}
 	return r
@@ -116,7 +117,8 @@ func TestForwardsExactVerifiedBytes(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ts := time.Now()
-			r := signedRequest(t, tc.body, ts)
+			id := "wh_unit_" + strings.ReplaceAll(tc.name, " ", "_")
+			r := signedRequest(t, id, tc.body, ts)
 			if tc.chunked {
 				r.Body = io.NopCloser(hiddenLength{bytes.NewReader(tc.body)})
 				r.ContentLength = -1
@@ -136,7 +138,7 @@ func TestForwardsExactVerifiedBytes(t *testing.T) {
 			if got.header.Get("webhook-signature") != sig {
 				t.Fatal("webhook-signature header not passed on")
 			}
-			if got.id != "wh_test" || got.ts != strconv.FormatInt(ts.Unix(), 10) {
+			if got.id != id || got.ts != strconv.FormatInt(ts.Unix(), 10) {
 				t.Fatalf("placeholders id=%q ts=%q", got.id, got.ts)
 			}
 		})
@@ -191,7 +193,7 @@ func TestRefusesWithStatusAndForwardsNothing(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := signedRequest(t, body, time.Now())
+			r := signedRequest(t, "wh_test", body, time.Now())
 			tc.modify(r)
 			got, err := serve(h, r)
 			if status := statusOf(err); status != tc.status {
@@ -203,7 +205,7 @@ func TestRefusesWithStatusAndForwardsNothing(t *testing.T) {
 		})
 	}
 	secretB64 := strings.TrimPrefix(webhooktest.Secret, "whsec_")
-	for _, leak := range []string{secretB64, secretB64[:16], "BODY-MARKER", signedRequest(t, body, time.Now()).Header.Get("webhook-signature")[3:20]} {
+	for _, leak := range []string{secretB64, secretB64[:16], "BODY-MARKER", signedRequest(t, "wh_test", body, time.Now()).Header.Get("webhook-signature")[3:20]} {
 		if strings.Contains(logs.String(), leak) {
 			t.Errorf("debug log contains %q", leak)
 		}
@@ -222,7 +224,7 @@ func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 func TestRefusesWithoutReadingBody(t *testing.T) {
 	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}})
 	for _, ts := range []time.Time{time.Now().Add(-time.Hour), time.Now().Add(time.Hour)} {
-		r := signedRequest(t, nil, ts)
+		r := signedRequest(t, "wh_test", nil, ts)
 		r.Body = io.NopCloser(errReader{errors.New("body was read")})
 		if _, err := serve(h, r); statusOf(err) != 401 {
 			t.Fatalf("got %v, want 401", err)
@@ -289,7 +291,7 @@ func TestDefaults(t *testing.T) {
 		age    time.Duration
 		status int
 	}{{4*time.Minute + 50*time.Second, 0}, {-4*time.Minute - 50*time.Second, 0}, {5*time.Minute + 10*time.Second, 401}, {-5*time.Minute - 10*time.Second, 401}} {
-		_, err := serve(h, signedRequest(t, []byte("{}"), time.Now().Add(-tc.age)))
+		_, err := serve(h, signedRequest(t, "wh_"+tc.age.String(), []byte("{}"), time.Now().Add(-tc.age)))
 		if statusOf(err) != tc.status {
 			t.Errorf("age %s: got %v, want status %d", tc.age, err, tc.status)
 		}
