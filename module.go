@@ -91,6 +91,9 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // errors name the field at fault and never contain a secret.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
 	if h.Tolerance == 0 {
 		h.Tolerance = caddy.Duration(verifier.DefaultTolerance)
 	}
@@ -140,20 +143,20 @@ func expandSecrets(secrets []string) ([][]byte, error) {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		return h.refuse(r, http.StatusMethodNotAllowed, errMethodNotAllowed, "")
+		return h.refuse(http.StatusMethodNotAllowed, errMethodNotAllowed, "")
 	}
 	headers, err := signatureHeaders(r.Header)
 	if err != nil {
-		return h.refuse(r, http.StatusUnauthorized, err, "")
+		return h.refuse(http.StatusUnauthorized, err, "")
 	}
 	// Headers and freshness first: a stale or unsigned request costs no body read.
 	msg, err := h.verifier.Begin(headers)
 	if err != nil {
-		return h.refuse(r, http.StatusUnauthorized, err, "")
+		return h.refuse(http.StatusUnauthorized, err, "")
 	}
 	if r.ContentLength > h.MaxSize {
 		msg.Discard()
-		return h.refuse(r, http.StatusRequestEntityTooLarge, errBodyTooLarge, headers.ID)
+		return h.refuse(http.StatusRequestEntityTooLarge, errBodyTooLarge, headers.ID)
 	}
 	src := r.Body
 	if src == nil {
@@ -163,13 +166,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if err != nil {
 		msg.Discard()
 		if errors.Is(err, errBodyTooLarge) {
-			return h.refuse(r, http.StatusRequestEntityTooLarge, err, headers.ID)
+			return h.refuse(http.StatusRequestEntityTooLarge, err, headers.ID)
 		}
-		return h.refuse(r, http.StatusBadRequest, fmt.Errorf("reading body: %w", err), headers.ID)
+		return h.refuse(http.StatusBadRequest, fmt.Errorf("reading body: %w", err), headers.ID)
 	}
 	defer body.release()
 	if err := msg.Finish(); err != nil {
-		return h.refuse(r, http.StatusUnauthorized, err, headers.ID)
+		return h.refuse(http.StatusUnauthorized, err, headers.ID)
 	}
 
 	r.Body = body.newReader()
@@ -184,6 +187,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	repl.Set("openai_webhook.id", headers.ID)
 	repl.Set("openai_webhook.timestamp", headers.Timestamp)
 	if h.replay == nil {
+		requestsTotal.WithLabelValues(outcomeForwarded).Inc()
 		return next.ServeHTTP(w, r)
 	}
 	return h.forwardOnce(w, r, next, headers.ID)
@@ -194,7 +198,8 @@ var errMethodNotAllowed = errors.New("method not allowed: webhooks are POSTed")
 // refuse logs why a request was refused and returns the error for Caddy's
 // error handling. Only the reason and the (already validated) id are
 // logged: never a secret, a signature or any of the body.
-func (h *Handler) refuse(r *http.Request, status int, reason error, id string) error {
+func (h *Handler) refuse(status int, reason error, id string) error {
+	requestsTotal.WithLabelValues(refusalOutcome(status, reason)).Inc()
 	if ce := h.logger.Check(zap.DebugLevel, "webhook refused"); ce != nil {
 		fields := []zap.Field{zap.Int("status", status), zap.String("reason", reason.Error())}
 		if id != "" {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -150,54 +151,68 @@ func TestRefusesWithStatusAndForwardsNothing(t *testing.T) {
 	body := []byte(`{"type":"response.completed","secret_marker":"BODY-MARKER"}`)
 	stale := time.Now().Add(-6 * time.Minute)
 	for _, tc := range []struct {
-		name   string
-		status int
-		modify func(r *http.Request)
+		name    string
+		status  int
+		outcome string
+		modify  func(r *http.Request)
 	}{
-		{"GET", 405, func(r *http.Request) { r.Method = http.MethodGet }},
-		{"PUT", 405, func(r *http.Request) { r.Method = http.MethodPut }},
-		{"no headers", 401, func(r *http.Request) { r.Header = http.Header{} }},
-		{"no webhook-id", 401, func(r *http.Request) { r.Header.Del("webhook-id") }},
-		{"no webhook-timestamp", 401, func(r *http.Request) { r.Header.Del("webhook-timestamp") }},
-		{"no webhook-signature", 401, func(r *http.Request) { r.Header.Del("webhook-signature") }},
-		{"empty webhook-signature", 401, func(r *http.Request) { r.Header.Set("webhook-signature", "") }},
-		{"webhook-id twice", 401, func(r *http.Request) { r.Header.Add("webhook-id", "wh_other") }},
-		{"webhook-timestamp twice", 401, func(r *http.Request) { r.Header.Add("webhook-timestamp", r.Header.Get("webhook-timestamp")) }},
-		{"webhook-signature twice", 401, func(r *http.Request) { r.Header.Add("webhook-signature", r.Header.Get("webhook-signature")) }},
-		{"stale", 401, func(r *http.Request) {
+		{"GET", 405, outcomeMethodNotAllowed, func(r *http.Request) { r.Method = http.MethodGet }},
+		{"PUT", 405, outcomeMethodNotAllowed, func(r *http.Request) { r.Method = http.MethodPut }},
+		{"no headers", 401, outcomeMalformed, func(r *http.Request) { r.Header = http.Header{} }},
+		{"no webhook-id", 401, outcomeMalformed, func(r *http.Request) { r.Header.Del("webhook-id") }},
+		{"no webhook-timestamp", 401, outcomeMalformed, func(r *http.Request) { r.Header.Del("webhook-timestamp") }},
+		{"no webhook-signature", 401, outcomeMalformed, func(r *http.Request) { r.Header.Del("webhook-signature") }},
+		{"empty webhook-signature", 401, outcomeMalformed, func(r *http.Request) { r.Header.Set("webhook-signature", "") }},
+		{"webhook-id twice", 401, outcomeMalformed, func(r *http.Request) { r.Header.Add("webhook-id", "wh_other") }},
+		{"webhook-timestamp twice", 401, outcomeMalformed, func(r *http.Request) { r.Header.Add("webhook-timestamp", r.Header.Get("webhook-timestamp")) }},
+		{"webhook-signature twice", 401, outcomeMalformed, func(r *http.Request) { r.Header.Add("webhook-signature", r.Header.Get("webhook-signature")) }},
+		{"stale", 401, outcomeStale, func(r *http.Request) {
 			for k, v := range webhooktest.Headers(t, webhooktest.Secret, "wh_test", stale, body) {
 				r.Header[k] = v
 			}
 		}},
-		{"other secret", 401, func(r *http.Request) {
+		{"other secret", 401, outcomeBadSignature, func(r *http.Request) {
 			for k, v := range webhooktest.Headers(t, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "wh_test", time.Now(), body) {
 				r.Header[k] = v
 			}
 		}},
-		{"tampered body", 401, func(r *http.Request) {
+		{"tampered body", 401, outcomeBadSignature, func(r *http.Request) {
 			r.Body = io.NopCloser(bytes.NewReader(bytes.Replace(body, []byte("completed"), []byte("cancelled"), 1)))
 		}},
-		{"bare base64", 401, func(r *http.Request) {
+		{"bare base64", 401, outcomeMalformed, func(r *http.Request) {
 			r.Header.Set("webhook-signature", strings.TrimPrefix(r.Header.Get("webhook-signature"), "v1,"))
 		}},
-		{"Content-Length over max_size", 413, func(r *http.Request) {
+		{"Content-Length over max_size", 413, outcomeTooLarge, func(r *http.Request) {
 			r.Body = io.NopCloser(bytes.NewReader(make([]byte, 1025)))
 			r.ContentLength = 1025
 		}},
-		{"chunked over max_size", 413, func(r *http.Request) {
+		{"chunked over max_size", 413, outcomeTooLarge, func(r *http.Request) {
 			r.Body = io.NopCloser(hiddenLength{bytes.NewReader(make([]byte, 5000))})
 			r.ContentLength = -1
 		}},
-		{"body shorter than declared", 400, func(r *http.Request) {
+		{"body shorter than declared", 400, outcomeUnreadableBody, func(r *http.Request) {
 			r.Body = io.NopCloser(io.MultiReader(bytes.NewReader(body[:10]), errReader{io.ErrUnexpectedEOF}))
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := signedRequest(t, "wh_test", body, time.Now())
 			tc.modify(r)
+			counted := map[string]float64{}
+			for _, o := range allOutcomes {
+				counted[o] = testutil.ToFloat64(requestsTotal.WithLabelValues(o))
+			}
 			got, err := serve(h, r)
 			if status := statusOf(err); status != tc.status {
 				t.Fatalf("status %d (err %v), want %d", status, err, tc.status)
+			}
+			for _, o := range allOutcomes {
+				want := counted[o]
+				if o == tc.outcome {
+					want++
+				}
+				if n := testutil.ToFloat64(requestsTotal.WithLabelValues(o)); n != want {
+					t.Errorf("requests_total{outcome=%q} = %v, want %v", o, n, want)
+				}
 			}
 			if got.calls != 0 {
 				t.Fatal("refused request reached the next handler")
@@ -214,6 +229,9 @@ func TestRefusesWithStatusAndForwardsNothing(t *testing.T) {
 		t.Error("refusals were not logged at debug level")
 	}
 }
+
+var allOutcomes = []string{outcomeForwarded, outcomeDuplicate, outcomeInFlight, outcomeMalformed, outcomeStale,
+	outcomeBadSignature, outcomeTooLarge, outcomeUnreadableBody, outcomeMethodNotAllowed}
 
 type errReader struct{ err error }
 

@@ -84,13 +84,15 @@ func (h *Handler) Cleanup() error {
 func (h *Handler) forwardOnce(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, id string) error {
 	switch h.replay.Claim(id) {
 	case replay.Delivered:
+		requestsTotal.WithLabelValues(outcomeDuplicate).Inc()
 		h.logger.Debug("duplicate delivery answered without forwarding", zap.String("webhook_id", id))
 		w.Header().Set("Content-Length", "0")
 		w.WriteHeader(http.StatusOK)
 		return nil
 	case replay.InFlight:
-		return h.refuse(r, http.StatusConflict, errInFlight, id)
+		return h.refuse(http.StatusConflict, errInFlight, id)
 	}
+	requestsTotal.WithLabelValues(outcomeForwarded).Inc()
 	rec := &statusRecorder{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
 	delivered := false
 	defer func() {
