@@ -248,11 +248,11 @@ func (v *Verifier) checkTimestamp(ts string) error {
 		return err
 	}
 	now := v.now().Unix()
-	// Both are non-negative, so neither subtraction can overflow.
-	if now-sent > v.toleranceSeconds {
+	// Unsigned differences are exact for any two int64s, whatever the clock says.
+	if sent < now && uint64(now)-uint64(sent) > uint64(v.toleranceSeconds) {
 		return ErrTimestampTooOld
 	}
-	if sent-now > v.toleranceSeconds {
+	if sent > now && uint64(sent)-uint64(now) > uint64(v.toleranceSeconds) {
 		return ErrTimestampTooNew
 	}
 	return nil
@@ -270,7 +270,7 @@ func parseSignatures(header string, out *[MaxSignatures][sha256.Size]byte) (int,
 	}
 	n := 0
 	for entry := range strings.SplitSeq(header, " ") {
-		if n == MaxSignatures {
+		if n == MaxSignatures { // unreachable past the length check; keeps out's bounds local
 			return 0, ErrTooManySignatures
 		}
 		encoded, ok := strings.CutPrefix(entry, signatureVersion)
