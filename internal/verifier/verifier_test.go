@@ -2,6 +2,7 @@ package verifier
 
 import (
 	"errors"
+	"math"
 	"strconv"
 	"strings"
 	"testing"
@@ -246,5 +247,18 @@ func TestStreamingMatchesWholeBody(t *testing.T) {
 	m.Discard()
 	if err := v.Verify(h, body); err != nil {
 		t.Fatalf("after a discarded message: %v", err)
+	}
+}
+
+// TestFreshnessAtExtremeClocks: no clock value makes the window wrap round.
+func TestFreshnessAtExtremeClocks(t *testing.T) {
+	vec := webhooktest.LoadVectors(t).Vectors[0]
+	sent, _ := strconv.ParseInt(vec.Timestamp, 10, 64)
+	h := Headers{ID: vec.ID, Timestamp: vec.Timestamp, Signature: vec.Signature}
+	for _, now := range []int64{math.MinInt64 + sent, math.MinInt64, -1, 0, math.MaxInt64} {
+		v := newVerifier(t, time.Unix(now, 0), vec.Secret)
+		if err := v.Verify(h, []byte(vec.Payload)); err == nil {
+			t.Errorf("clock at %d accepted a timestamp of %d", now, sent)
+		}
 	}
 }
