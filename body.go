@@ -3,6 +3,7 @@ package openaiwebhook
 import (
 	"errors"
 	"io"
+	"slices"
 	"sync"
 )
 
@@ -12,6 +13,10 @@ import (
 const chunkSize = 32 << 10
 
 var chunkPool = sync.Pool{New: func() any { return new([chunkSize]byte) }}
+
+// chunkListPool recycles the lists of chunks, so a long body does not cost a
+// longer list each time.
+var chunkListPool = sync.Pool{New: func() any { return new([]*[chunkSize]byte) }}
 
 var (
 	errBodyTooLarge = errors.New("body exceeds max_size")
@@ -23,7 +28,8 @@ var (
 // whole body is held; readers made by newReader let the transport rewind it.
 type bufferedBody struct {
 	mu       sync.RWMutex // excludes readers from release
-	chunks   []*[chunkSize]byte
+	list     *[]*[chunkSize]byte
+	chunks   []*[chunkSize]byte // *list's backing array
 	size     int64
 	released bool
 }
@@ -32,9 +38,10 @@ type bufferedBody struct {
 // to hash. It reads at most limit+1 bytes and returns errBodyTooLarge when
 // the body is longer than limit. sizeHint is the declared length, or -1.
 func readBody(src io.Reader, limit, sizeHint int64, hash io.Writer) (*bufferedBody, error) {
-	b := &bufferedBody{}
+	b := &bufferedBody{list: chunkListPool.Get().(*[]*[chunkSize]byte)}
+	b.chunks = (*b.list)[:0]
 	if sizeHint > 0 {
-		b.chunks = make([]*[chunkSize]byte, 0, (sizeHint+chunkSize-1)/chunkSize)
+		b.chunks = slices.Grow(b.chunks, int((sizeHint+chunkSize-1)/chunkSize))
 	}
 	for {
 		off := int(b.size % chunkSize)
@@ -79,7 +86,10 @@ func (b *bufferedBody) release() {
 	for _, c := range b.chunks {
 		chunkPool.Put(c)
 	}
-	b.chunks = nil
+	clear(b.chunks)
+	*b.list = b.chunks[:0]
+	chunkListPool.Put(b.list)
+	b.chunks, b.list = nil, nil
 }
 
 type bodyReader struct {

@@ -123,6 +123,10 @@ type Message struct {
 	macs []hash.Hash
 	sigs [MaxSignatures][sha256.Size]byte
 	n    int // entries in sigs
+	// Scratch space that would escape to the heap if it were on the stack,
+	// since hash.Hash methods take it through an interface.
+	prefix [MaxIDLen + 1 + MaxTimestampLen + 1]byte
+	sum    [sha256.Size]byte
 }
 
 // Begin checks the headers and the timestamp's freshness, the checks that
@@ -141,9 +145,8 @@ func (v *Verifier) Begin(h Headers) (*Message, error) {
 		return nil, err
 	}
 	m.n = n
-	// The headers were checked above, so the prefix fits on the stack.
-	var buf [MaxIDLen + 1 + MaxTimestampLen + 1]byte
-	prefix := append(append(append(append(buf[:0], h.ID...), '.'), h.Timestamp...), '.')
+	// The headers were checked above, so the prefix fits.
+	prefix := append(append(append(append(m.prefix[:0], h.ID...), '.'), h.Timestamp...), '.')
 	for _, mac := range m.macs {
 		mac.Reset()
 		_, _ = mac.Write(prefix) // hash.Hash writes never fail
@@ -162,12 +165,11 @@ func (m *Message) Write(p []byte) (int, error) {
 // Finish reports whether any signature entry matches the body written so far
 // under any key, comparing in constant time, and releases the Message.
 func (m *Message) Finish() error {
-	var sum [sha256.Size]byte
 	match := 0
 	for _, mac := range m.macs {
-		mac.Sum(sum[:0])
+		sum := mac.Sum(m.sum[:0])
 		for i := range m.n {
-			match |= subtle.ConstantTimeCompare(sum[:], m.sigs[i][:])
+			match |= subtle.ConstantTimeCompare(sum, m.sigs[i][:])
 		}
 	}
 	m.Discard()
