@@ -14,6 +14,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 
 	"github.com/webhookgate/caddy-openai-webhook/internal/verifier"
 	"github.com/webhookgate/caddy-openai-webhook/internal/webhooktest"
@@ -103,5 +104,51 @@ func BenchmarkReplayStore(b *testing.B) {
 		h.replay.Claim(id)
 		h.replay.Delivered(id)
 		i++
+	}
+}
+
+// countingBody counts the bytes a handler reads from it.
+type countingBody struct {
+	socketBody
+	read int64
+}
+
+func (c *countingBody) Read(p []byte) (int, error) {
+	n, err := c.socketBody.Read(p)
+	c.read += int64(n)
+	return n, err
+}
+
+// BenchmarkRefusal measures refusing 1 MiB deliveries that are unsigned,
+// stale or wrongly signed, and reports the body bytes each refusal read:
+// none for the first two, which fail on their headers.
+func BenchmarkRefusal(b *testing.B) {
+	const size = 1 << 20
+	body := bytes.Repeat([]byte("x"), size)
+	h, _ := provisioned(&testing.T{}, &Handler{Secrets: []string{webhooktest.Secret}, MaxSize: 2 << 20})
+	h.logger = zap.NewNop() // production logs refusals only at DEBUG
+	for _, tc := range []struct {
+		name   string
+		header http.Header
+	}{
+		{"unsigned", http.Header{}},
+		{"stale", webhooktest.Headers(b, webhooktest.Secret, "wh_stale", time.Now().Add(-time.Hour), body)},
+		{"wrong-signature", webhooktest.Headers(b, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "wh_wrong", time.Now(), body)},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			r := httptest.NewRequest(http.MethodPost, "/", nil)
+			r.Header = tc.header
+			r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
+			src := &countingBody{}
+			b.ReportAllocs()
+			for b.Loop() {
+				src.r.Reset(body)
+				r.Body, r.ContentLength = src, size
+				if err := h.ServeHTTP(nil, r, nil); err == nil {
+					b.Fatal("accepted")
+				}
+			}
+			b.ReportMetric(float64(src.read)/float64(b.N), "body-bytes-read/op")
+		})
 	}
 }
