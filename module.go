@@ -165,7 +165,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	body, err := readBody(src, h.MaxSize, r.ContentLength, msg)
 	if err != nil {
 		msg.Discard()
-		if errors.Is(err, errBodyTooLarge) {
+		// Caddy's request_body max_size, if smaller, stops the read first.
+		if errors.Is(err, errBodyTooLarge) || errors.As(err, new(*http.MaxBytesError)) {
 			return h.refuse(http.StatusRequestEntityTooLarge, err, headers.ID)
 		}
 		return h.refuse(http.StatusBadRequest, fmt.Errorf("reading body: %w", err), headers.ID)

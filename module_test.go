@@ -190,6 +190,9 @@ func TestRefusesWithStatusAndForwardsNothing(t *testing.T) {
 			r.Body = io.NopCloser(hiddenLength{bytes.NewReader(make([]byte, 5000))})
 			r.ContentLength = -1
 		}},
+		{"request_body limit hit first", 413, outcomeTooLarge, func(r *http.Request) {
+			r.Body = http.MaxBytesReader(httptest.NewRecorder(), io.NopCloser(bytes.NewReader(body)), 10)
+		}},
 		{"body shorter than declared", 400, outcomeUnreadableBody, func(r *http.Request) {
 			r.Body = io.NopCloser(io.MultiReader(bytes.NewReader(body[:10]), errReader{io.ErrUnexpectedEOF}))
 		}},
