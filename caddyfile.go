@@ -1,6 +1,7 @@
 package openaiwebhook
 
 import (
+	"fmt"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -44,63 +45,64 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		switch d.Val() {
-		case "secret":
-			var secret string
-			if !d.AllArgs(&secret) {
-				return d.ArgErr()
-			}
-			h.Secrets = append(h.Secrets, secret)
-		case "tolerance":
-			var value string
-			if !d.AllArgs(&value) {
-				return d.ArgErr()
-			}
-			dur, err := caddy.ParseDuration(value)
-			if err != nil {
-				return d.Errf("tolerance: %v", err)
-			}
-			h.Tolerance = caddy.Duration(dur)
-		case "max_size":
-			var value string
-			if !d.AllArgs(&value) {
-				return d.ArgErr()
-			}
-			size, err := humanize.ParseBytes(value)
-			if err != nil {
-				return d.Errf("max_size: %v", err)
-			}
-			if size == 0 || size > MaxMaxSize {
-				return d.Errf("max_size: %s is not between 1 byte and 1GiB", value)
-			}
-			h.MaxSize = int64(size)
-		case "replay_window":
-			var value string
-			if !d.AllArgs(&value) {
-				return d.ArgErr()
-			}
-			if value == "off" {
-				h.ReplayWindow = -1
-				break
-			}
-			dur, err := caddy.ParseDuration(value)
-			if err != nil || dur <= 0 {
-				return d.Errf("replay_window: %q is neither a positive duration nor off", value)
-			}
-			h.ReplayWindow = caddy.Duration(dur)
-		case "replay_capacity":
-			var value string
-			if !d.AllArgs(&value) {
-				return d.ArgErr()
-			}
-			n, err := strconv.Atoi(value)
-			if err != nil || n <= 0 {
-				return d.Errf("replay_capacity: %q is not a positive whole number", value)
-			}
-			h.ReplayCapacity = n
-		default:
+		parse, ok := h.subdirectives()[d.Val()]
+		if !ok {
 			return d.Errf("unrecognized openai_webhook subdirective %q", d.Val())
+		}
+		name := d.Val()
+		var value string
+		if !d.AllArgs(&value) {
+			return d.ArgErr()
+		}
+		if err := parse(value); err != nil {
+			return d.Errf("%s: %v", name, err)
 		}
 	}
 	return nil
+}
+
+// subdirectives maps each subdirective to the parser of its one value.
+func (h *Handler) subdirectives() map[string]func(value string) error {
+	return map[string]func(string) error{
+		"secret": func(v string) error {
+			h.Secrets = append(h.Secrets, v)
+			return nil
+		},
+		"tolerance": func(v string) error {
+			dur, err := caddy.ParseDuration(v)
+			h.Tolerance = caddy.Duration(dur)
+			return err
+		},
+		"max_size": func(v string) error {
+			size, err := humanize.ParseBytes(v)
+			if err != nil {
+				return err
+			}
+			if size == 0 || size > MaxMaxSize {
+				return fmt.Errorf("%s is not between 1 byte and 1GiB", v)
+			}
+			h.MaxSize = int64(size)
+			return nil
+		},
+		"replay_window": func(v string) error {
+			if v == "off" {
+				h.ReplayWindow = -1
+				return nil
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur <= 0 {
+				return fmt.Errorf("%q is neither a positive duration nor off", v)
+			}
+			h.ReplayWindow = caddy.Duration(dur)
+			return nil
+		},
+		"replay_capacity": func(v string) error {
+			n, err := strconv.Atoi(v)
+			if err != nil || n <= 0 {
+				return fmt.Errorf("%q is not a positive whole number", v)
+			}
+			h.ReplayCapacity = n
+			return nil
+		},
+	}
 }

@@ -58,6 +58,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "bad max_size", input: "openai_webhook {\n max_size lots\n}", wantErr: "max_size"},
 		{name: "zero max_size", input: "openai_webhook {\n max_size 0\n}", wantErr: "max_size"},
 		{name: "huge max_size", input: "openai_webhook {\n max_size 2GiB\n}", wantErr: "max_size"},
+		{name: "unknown subdirective without value", input: "openai_webhook {\n bogus\n}", wantErr: `unrecognized openai_webhook subdirective "bogus"`},
 		{name: "unknown subdirective", input: "openai_webhook {\n secrets x\n}", wantErr: `unrecognized openai_webhook subdirective "secrets"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
