@@ -140,11 +140,12 @@ func BenchmarkRefusal(b *testing.B) {
 			r.Header = tc.header
 			r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
 			src := &countingBody{}
+			w := httptest.NewRecorder()
 			b.ReportAllocs()
 			for b.Loop() {
 				src.r.Reset(body)
 				r.Body, r.ContentLength = src, size
-				if err := h.ServeHTTP(nil, r, nil); err == nil {
+				if err := h.ServeHTTP(w, r, nil); err == nil {
 					b.Fatal("accepted")
 				}
 			}

@@ -1,9 +1,11 @@
 package openaiwebhook
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -154,5 +156,23 @@ func TestCaddyReverseProxy(t *testing.T) {
 	}
 	if app.count() != before {
 		t.Fatalf("%d refused requests reached the upstream", app.count()-before)
+	}
+
+	// A refusal on the headers is answered at once, without waiting for a
+	// body the client announced but never sends, and closes the connection.
+	conn, err := net.Dial("tcp", "127.0.0.1:9080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprint(conn, "POST /webhook HTTP/1.1\r\nHost: localhost:9080\r\nContent-Length: 1048576\r\n\r\n")
+	_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second)) // only so a regression fails instead of hanging
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("no answer before the body: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized || !resp.Close {
+		t.Fatalf("unsigned request with an unsent body: %d, close=%v; want 401 and close", resp.StatusCode, resp.Close)
 	}
 }

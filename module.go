@@ -143,20 +143,20 @@ func expandSecrets(secrets []string) ([][]byte, error) {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		return h.refuse(http.StatusMethodNotAllowed, errMethodNotAllowed, "")
+		return h.refuseUnread(w, r, http.StatusMethodNotAllowed, errMethodNotAllowed, "")
 	}
 	headers, err := signatureHeaders(r.Header)
 	if err != nil {
-		return h.refuse(http.StatusUnauthorized, err, "")
+		return h.refuseUnread(w, r, http.StatusUnauthorized, err, "")
 	}
 	// Headers and freshness first: a stale or unsigned request costs no body read.
 	msg, err := h.verifier.Begin(headers)
 	if err != nil {
-		return h.refuse(http.StatusUnauthorized, err, "")
+		return h.refuseUnread(w, r, http.StatusUnauthorized, err, "")
 	}
 	if r.ContentLength > h.MaxSize {
 		msg.Discard()
-		return h.refuse(http.StatusRequestEntityTooLarge, errBodyTooLarge, headers.ID)
+		return h.refuseUnread(w, r, http.StatusRequestEntityTooLarge, errBodyTooLarge, headers.ID)
 	}
 	src := r.Body
 	if src == nil {
@@ -209,6 +209,17 @@ func (h *Handler) refuse(status int, reason error, id string) error {
 		ce.Write(fields...)
 	}
 	return caddyhttp.Error(status, reason)
+}
+
+// refuseUnread refuses a request whose body was not read. On HTTP/1 it also
+// closes the connection after the answer: to keep it open, Go's server would
+// first read and discard up to 256 KiB of the body, waiting for a client
+// that may never send it.
+func (h *Handler) refuseUnread(w http.ResponseWriter, r *http.Request, status int, reason error, id string) error {
+	if r.ProtoMajor == 1 && r.ContentLength != 0 {
+		w.Header().Set("Connection", "close")
+	}
+	return h.refuse(status, reason, id)
 }
 
 // errRepeatedHeader refuses a header sent more than once: which copy a

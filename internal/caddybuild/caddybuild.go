@@ -249,7 +249,7 @@ func cacheKey(ctx context.Context, root string, cfg *Config) (string, error) {
 		if p.Replace == "" {
 			continue // a published version is fixed by xcaddy.json
 		}
-		src, err := moduleSources(ctx, filepath.Join(root, p.Replace))
+		src, err := moduleSources(ctx, filepath.Join(root, p.Replace), p.Module)
 		if err != nil {
 			return "", fmt.Errorf("listing the sources of %s: %w", p.Module, err)
 		}
@@ -277,12 +277,14 @@ func cacheKey(ctx context.Context, root string, cfg *Config) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)[:16]), nil
 }
 
-// moduleSources lists the files of the module in dir that can go into a
+// moduleSources lists the files of module (in dir) that go into a Caddy
 // binary: go.mod, go.sum, and the Go files (test files aside, files excluded
-// by build constraints included) and embedded files of its packages. go list
-// finds them as the build does, skipping testdata and nested modules.
-func moduleSources(ctx context.Context, dir string) ([]string, error) {
-	cmd := exec.CommandContext(ctx, "go", "list", "-e", "-json=Dir,GoFiles,CgoFiles,IgnoredGoFiles,EmbedFiles", "./...")
+// by build constraints included) and embedded files of the packages the
+// plugin imports from its own module. Other packages of the module, such as
+// tools and benchmarks, do not change the binary, so editing them does not
+// rebuild it.
+func moduleSources(ctx context.Context, dir, module string) ([]string, error) {
+	cmd := exec.CommandContext(ctx, "go", "list", "-e", "-deps", "-json=Dir,GoFiles,CgoFiles,IgnoredGoFiles,EmbedFiles,Module", ".")
 	cmd.Dir = dir
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
@@ -296,9 +298,13 @@ func moduleSources(ctx context.Context, dir string) ([]string, error) {
 		var pkg struct {
 			Dir                                           string
 			GoFiles, CgoFiles, IgnoredGoFiles, EmbedFiles []string
+			Module                                        *struct{ Path string }
 		}
 		if err := dec.Decode(&pkg); err != nil {
 			return nil, err
+		}
+		if pkg.Module == nil || pkg.Module.Path != module {
+			continue // the standard library and dependencies are fixed by go.sum
 		}
 		for _, f := range slices.Concat(pkg.GoFiles, pkg.CgoFiles, pkg.IgnoredGoFiles, pkg.EmbedFiles) {
 			if !strings.HasSuffix(f, "_test.go") {
