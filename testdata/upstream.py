@@ -10,6 +10,18 @@ SHA-256 and bytes in base64) and answered 200 with that record as JSON.
 GET /__received answers the list of all records so far, oldest first, and is
 not recorded itself, so a test can tell that a refused request never got here.
 
+A recorded request can ask for a fault, by headers that the gateway passes on
+unchanged (they are not signed). The request is recorded first, then:
+
+  X-Upstream-Hold: NAME     the answer waits until GET /__release/NAME (or at
+                            most HOLD_MAX seconds): the test decides exactly
+                            when a forwarded request completes
+  X-Upstream-Delay: SECONDS the answer waits that long (at most HOLD_MAX)
+  X-Upstream-Status: CODE   the answer has that status instead of 200
+
+GET /__release/NAME is not recorded either; it may come before the held
+request does.
+
 Records are kept in memory: this is for tests, not for load.
 """
 
@@ -20,13 +32,23 @@ import json
 import os
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 RECEIVED_PATH = "/__received"
+RELEASE_PREFIX = "/__release/"
 MAX_LINE = 64 * 1024
+# No fault keeps a request, or the thread serving it, longer than this.
+HOLD_MAX = 60.0
 
 _lock = threading.Lock()
 _received = []
+_holds = {}  # name -> threading.Event, set by GET /__release/NAME
+
+
+def _hold(name):
+    with _lock:
+        return _holds.setdefault(name, threading.Event())
 
 
 class BadRequest(Exception):
@@ -42,6 +64,10 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == RECEIVED_PATH:
             with _lock:
                 self._reply(200, list(_received))
+        elif self.path.startswith(RELEASE_PREFIX):
+            name = self.path[len(RELEASE_PREFIX):]
+            _hold(name).set()
+            self._reply(200, {"released": name})
         else:
             self._record()
 
@@ -69,7 +95,18 @@ class Handler(BaseHTTPRequestHandler):
         )
         with _lock:
             _received.append(record)
-        self._reply(200, record)
+        self._reply(self._fault(), record)
+
+    def _fault(self):
+        """Waits as the request's X-Upstream-* headers ask and returns the
+        status to answer with."""
+        name = self.headers.get("X-Upstream-Hold")
+        if name:
+            _hold(name).wait(HOLD_MAX)
+        delay = self.headers.get("X-Upstream-Delay")
+        if delay:
+            time.sleep(min(float(delay), HOLD_MAX))
+        return int(self.headers.get("X-Upstream-Status") or 200)
 
     do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _record
 
