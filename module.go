@@ -183,6 +183,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	r.TransferEncoding = nil
 	// Trailers are not signed: nothing unverified goes upstream.
 	r.Trailer = nil
+	// The body is already here: the app must not answer 100 Continue again.
+	r.Header.Del("Expect")
 
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	repl.Set("openai_webhook.id", headers.ID)
