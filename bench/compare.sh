@@ -167,9 +167,12 @@ if [[ " $PARTS " == *" refuse "* ]]; then
 		measured "$out" loadgen -mode refuse -refuse-kind "$kind" -label "$label" -url "http://127.0.0.1:$port/webhooks/openai" \
 			-upstream-stats "http://127.0.0.1:$UP/__stats" \
 			-duration "${DURATION}s" -max-requests "$((DURATION * 20000))" -concurrency "$CONCURRENCY" -size "$REFUSE_SIZE"
-		jq -r --arg kind "$kind" '[.label, .responses, .requests_per_s, (.kinds[$kind].outcomes | to_entries | map("\(.key): \(.value)") | join(" ")),
-			(if .responses > 0 then .caddy.cpu_s * 1e6 / .responses else 0 end),
-			(if .responses > 0 then .caddy.rchar / .responses else 0 end),
+		# Per request refused: answered, or reset because the refusal closed the
+		# connection while the client was still writing the body it announced.
+		jq -r --arg kind "$kind" '(.responses + .errors) as $n | [.label, $n, .requests_per_s,
+			((.kinds[$kind].outcomes | to_entries | map("\(.key): \(.value)")) + ["reset: \(.errors)"] | join(" ")),
+			(if $n > 0 then .caddy.cpu_s * 1e6 / $n else 0 end),
+			(if $n > 0 then .caddy.rchar / $n else 0 end),
 			.client.written_per_request_kib, .client.dials, .upstream.requests, .upstream.bytes, .errors] | @tsv' "$out" >>"$WORK/refuse.tsv"
 	done
 fi
@@ -241,9 +244,10 @@ fi
 if [[ " $PARTS " == *" refuse "* ]]; then
 	echo
 	echo "-- refuse: $REFUSE_SIZE declared by Content-Length, against the webhook port; concurrency $CONCURRENCY"
-	printf '%-44s | %9s | %10s | %-12s | %12s | %12s | %16s | %6s | %s\n' kind refusals requests/s statuses "Caddy µs CPU" "Caddy read B" "client wrote KiB" dials "upstream got"
+	printf '%-44s | %9s | %10s | %-12s | %12s | %12s | %16s | %6s | %s\n' kind requests requests/s statuses "Caddy µs CPU" "Caddy read B" "client wrote KiB" dials "upstream got"
 	awk -F'\t' '{ printf "%-44s | %9d | %10.0f | %-12s | %12.1f | %12.0f | %16.1f | %6d | %d requests, %d bytes\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 }' "$WORK/refuse.tsv"
-	echo "   (per refusal: Caddy CPU from /proc/PID/stat utime+stime at ${CLK_TCK} Hz; Caddy read = /proc/PID/io rchar, all read(2)s of"
+	echo "   (reset: the refusal closed the connection before the client, still writing its body, read the 401)"
+	echo "   (per request: Caddy CPU from /proc/PID/stat utime+stime at ${CLK_TCK} Hz; Caddy read = /proc/PID/io rchar, all read(2)s of"
 	echo "    the process; client wrote = bytes the load generator's sockets accepted, kernel buffers included, not what Caddy read)"
 	echo "   (the diagnostic row runs on a server with read_body_idle -1s: Caddy's default 1m body idle timeout wraps the request"
 	echo "    body, after which net/http drains up to 256 KiB of an unread body before writing the refusal)"
