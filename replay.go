@@ -51,6 +51,10 @@ func (h *Handler) provisionReplay(keys [][]byte) error {
 	if window == 0 {
 		window = 2 * time.Duration(h.Tolerance)
 	}
+	if window < 2*time.Duration(h.Tolerance) {
+		h.logger.Warn("replay_window is shorter than twice the tolerance: a captured delivery can be replayed once its id is forgotten",
+			zap.Duration("replay_window", window), zap.Duration("tolerance", time.Duration(h.Tolerance)))
+	}
 	if h.ReplayCapacity == 0 {
 		h.ReplayCapacity = DefaultReplayCapacity
 	}
