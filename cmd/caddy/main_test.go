@@ -2,6 +2,7 @@ package main
 
 import (
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -15,6 +16,14 @@ import (
 // TestDemo starts the embedded demo config, as `go run ./cmd/caddy` does,
 // and sends it one signed and one unsigned delivery.
 func TestDemo(t *testing.T) {
+	// The README has newcomers start the demo, then run the tests.
+	for _, addr := range []string{"127.0.0.1:8080", "127.0.0.1:8081", "localhost:2019"} {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Skipf("%s is in use, probably by the running demo: stop it to run this test", addr)
+		}
+		ln.Close()
+	}
 	t.Setenv("OPENAI_WEBHOOK_SECRET", "")
 	if err := startDemo(); err != nil {
 		t.Fatal(err)
