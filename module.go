@@ -70,7 +70,7 @@ type Handler struct {
 	ReplayWindow caddy.Duration `json:"replay_window,omitempty"`
 
 	// ReplayCapacity is the most delivered ids kept in memory; past it the
-	// oldest is forgotten early. Each costs about 180 bytes. Default: 100000.
+	// oldest is forgotten early. Each costs about 64 bytes. Default: 100000.
 	ReplayCapacity int `json:"replay_capacity,omitempty"`
 
 	verifier  *verifier.Verifier

@@ -16,9 +16,9 @@ import (
 	"github.com/webhookgate/caddy-openai-webhook/internal/replay"
 )
 
-// DefaultReplayCapacity bounds the delivered ids one store keeps: about
-// 180 bytes each for OpenAI's 35-byte ids (see BenchmarkMemoryBytesPerEntry),
-// so about 18 MB when full.
+// DefaultReplayCapacity bounds the delivered ids one store keeps: about 64
+// bytes each whatever the id's length (see BenchmarkMemoryBytesPerEntry), so
+// about 6.4 MB when full.
 const DefaultReplayCapacity = 100_000
 
 // replayStores keeps in-memory stores across config reloads, so a reload

@@ -4,7 +4,7 @@
 package replay
 
 import (
-	"container/list"
+	"hash/maphash"
 	"sync"
 	"time"
 )
@@ -40,21 +40,38 @@ type Store interface {
 // in a FIFO that is also their expiry order; past its capacity the oldest
 // is evicted early. In-flight ids are not counted against the capacity:
 // they are bounded by the number of requests being forwarded.
+//
+// Ids are stored as 128-bit keyed hashes in pointer-free structures, so the
+// garbage collector never scans the store, and an entry costs the same
+// whatever the id's length.
 type Memory struct {
 	window   time.Duration
 	capacity int
 	now      func() time.Time
+	seeds    [2]maphash.Seed
 
-	mu      sync.Mutex
-	records map[string]*record
-	order   list.List // of *record, oldest delivery first
-	evicted uint64    // delivered ids dropped before their window ended
+	mu sync.Mutex
+	// records maps an id's digest to the Unix nanosecond of its delivery,
+	// or to inFlight.
+	records map[digest]int64
+	fifo    []delivery // delivered ids, oldest first, from fifo[head]
+	head    int
+	evicted uint64 // delivered ids dropped before their window ended
 }
 
-type record struct {
-	id          string
-	deliveredAt time.Time
-	elem        *list.Element // nil while in flight
+// digest is an id's two 64-bit hashes under the store's random seeds. Only
+// verified ids reach the store, so nobody can search for collisions.
+type digest [2]uint64
+
+type delivery struct {
+	id digest
+	at int64
+}
+
+const inFlight = 0
+
+func (m *Memory) digestOf(id string) digest {
+	return digest{maphash.String(m.seeds[0], id), maphash.String(m.seeds[1], id)}
 }
 
 // NewMemory returns a Memory keeping delivered ids for window, at most
@@ -63,20 +80,25 @@ func NewMemory(window time.Duration, capacity int, now func() time.Time) *Memory
 	if now == nil {
 		now = time.Now
 	}
-	return &Memory{window: window, capacity: capacity, now: now, records: make(map[string]*record)}
+	return &Memory{
+		window: window, capacity: capacity, now: now,
+		seeds:   [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
+		records: make(map[digest]int64),
+	}
 }
 
 // Claim implements Store.
 func (m *Memory) Claim(id string) State {
+	d := m.digestOf(id)
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.expire(m.now())
-	rec, ok := m.records[id]
+	m.expire(m.now().UnixNano())
+	at, ok := m.records[d]
 	switch {
 	case !ok:
-		m.records[id] = &record{id: id}
+		m.records[d] = inFlight
 		return Claimed
-	case rec.elem == nil:
+	case at == inFlight:
 		return InFlight
 	default:
 		return Delivered
@@ -85,26 +107,28 @@ func (m *Memory) Claim(id string) State {
 
 // Delivered implements Store.
 func (m *Memory) Delivered(id string) {
+	d := m.digestOf(id)
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	rec, ok := m.records[id]
-	if !ok || rec.elem != nil {
+	if at, ok := m.records[d]; !ok || at != inFlight {
 		return // not claimed through this store
 	}
-	rec.deliveredAt = m.now()
-	rec.elem = m.order.PushBack(rec)
-	for m.order.Len() > m.capacity {
-		m.drop(m.order.Front())
+	at := max(m.now().UnixNano(), inFlight+1)
+	m.records[d] = at
+	m.fifo = append(m.fifo, delivery{id: d, at: at})
+	for len(m.fifo)-m.head > m.capacity {
+		m.dropOldest()
 		m.evicted++
 	}
 }
 
 // Release implements Store.
 func (m *Memory) Release(id string) {
+	d := m.digestOf(id)
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if rec, ok := m.records[id]; ok && rec.elem == nil {
-		delete(m.records, id)
+	if at, ok := m.records[d]; ok && at == inFlight {
+		delete(m.records, d)
 	}
 }
 
@@ -116,18 +140,24 @@ func (m *Memory) Stats() (held int, evictedEarly uint64) {
 }
 
 // expire drops delivered ids whose window has passed.
-func (m *Memory) expire(now time.Time) {
-	for e := m.order.Front(); e != nil; e = m.order.Front() {
-		if now.Sub(e.Value.(*record).deliveredAt) < m.window {
-			return
-		}
-		m.drop(e)
+func (m *Memory) expire(now int64) {
+	for m.head < len(m.fifo) && now-m.fifo[m.head].at >= int64(m.window) {
+		m.dropOldest()
 	}
 }
 
-func (m *Memory) drop(e *list.Element) {
-	delete(m.records, e.Value.(*record).id)
-	m.order.Remove(e)
+// dropOldest forgets the oldest delivered id, and compacts the FIFO once
+// its dropped prefix is as long as what it holds.
+func (m *Memory) dropOldest() {
+	oldest := m.fifo[m.head]
+	if m.records[oldest.id] == oldest.at {
+		delete(m.records, oldest.id)
+	}
+	m.head++
+	if m.head >= len(m.fifo)-m.head {
+		m.fifo = m.fifo[:copy(m.fifo, m.fifo[m.head:])]
+		m.head = 0
+	}
 }
 
 // Interface guard
