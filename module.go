@@ -156,6 +156,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	if r.ContentLength > h.MaxSize {
 		msg.Discard()
+		// A body Go's server would drain anyway is left to it, so a sender
+		// whose body is a little too large reliably reads its 413.
+		if r.ContentLength <= maxDrainedBody {
+			return h.refuse(http.StatusRequestEntityTooLarge, errBodyTooLarge, headers.ID)
+		}
 		return h.refuseUnread(w, r, http.StatusRequestEntityTooLarge, errBodyTooLarge, headers.ID)
 	}
 	src := r.Body
@@ -212,6 +217,10 @@ func (h *Handler) refuse(status int, reason error, id string) error {
 	}
 	return caddyhttp.Error(status, reason)
 }
+
+// maxDrainedBody is how much of an unread body Go's HTTP/1 server reads and
+// discards to keep the connection (net/http's maxPostHandlerReadBytes).
+const maxDrainedBody = 256 << 10
 
 // refuseUnread refuses a request whose body was not read. On HTTP/1 it also
 // closes the connection after the answer: to keep it open, Go's server would

@@ -550,7 +550,14 @@ func start(t *testing.T, cmd *exec.Cmd, name, addr string) (*syncBuffer, <-chan 
 		close(exited)
 	}()
 	t.Cleanup(func() {
-		<-exited // t.Context, and so cmd's context, is already done
+		// The process may have been started with a longer-lived context
+		// (a parent test's), so stop it here rather than wait for that.
+		select {
+		case <-exited:
+		default:
+			_ = cmd.Process.Kill()
+			<-exited
+		}
 		if t.Failed() {
 			t.Logf("%s output:\n%s", name, output)
 		}

@@ -61,7 +61,7 @@ func TestLogHygiene(t *testing.T) {
 				Global:       global + "\t}",
 				Site:         site + "\t}",
 				Proxy: `transport http {
-			response_header_timeout 1s
+			response_header_timeout 6s
 		}`,
 			})
 			l := &logProbe{gw: gw, up: up, marker: fmt.Sprintf("BODY-MARKER-%x", time.Now().UnixNano())}
@@ -177,7 +177,8 @@ func (l *logProbe) sendAll(t *testing.T) {
 	get.Method = http.MethodGet
 	l.expect(t, get, http.StatusMethodNotAllowed)
 
-	// An id in flight: 409.
+	// An id in flight: 409. The held forward must outlast the time this
+	// takes on a loaded machine, hence the proxy's 6s timeout.
 	l.sigs = append(l.sigs, mac(webhooktest.Secret, "msg_log_held", ts, event("msg_log_held"))) // hold's
 	release := hold(t, gw, l.up, "msg_log_held", now)
 	l.expect(t, signed("msg_log_held", ts, l.body()), http.StatusConflict)
@@ -185,7 +186,7 @@ func (l *logProbe) sendAll(t *testing.T) {
 
 	// A forward that fails: 504, logged at ERROR by Caddy.
 	slow := signed("msg_log_slow", ts, l.body())
-	slow.Header.Set("X-Upstream-Delay", "2")
+	slow.Header.Set("X-Upstream-Delay", "7")
 	l.expect(t, slow, http.StatusGatewayTimeout)
 }
 
