@@ -74,7 +74,7 @@ func BenchmarkServeHTTP(b *testing.B) {
 			}
 		})
 		b.Run(name+"/openai_webhook", func(b *testing.B) {
-			h, _ := provisioned(&testing.T{}, &Handler{Secrets: []string{webhooktest.Secret}, MaxSize: 2 << 20, ReplayWindow: -1})
+			h, _ := provisioned(b, &Handler{Secrets: []string{webhooktest.Secret}, MaxSize: 2 << 20, ReplayWindow: -1})
 			r := newRequest(b)
 			w := httptest.NewRecorder()
 			b.SetBytes(int64(size))
@@ -92,7 +92,7 @@ func BenchmarkServeHTTP(b *testing.B) {
 // BenchmarkReplayStore measures what replay refusal adds to a delivery:
 // claiming a new id and recording it as delivered.
 func BenchmarkReplayStore(b *testing.B) {
-	h, _ := provisioned(&testing.T{}, &Handler{Secrets: []string{webhooktest.Secret}, ReplayCapacity: 1 << 16})
+	h, _ := provisioned(b, &Handler{Secrets: []string{webhooktest.Secret}, ReplayCapacity: 1 << 16})
 	ids := make([]string, 1<<16)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("wh_%032x", i)
@@ -101,8 +101,8 @@ func BenchmarkReplayStore(b *testing.B) {
 	i := 0
 	for b.Loop() {
 		id := ids[i%len(ids)]
-		h.replay.Claim(id)
-		h.replay.Delivered(id)
+		_, ticket := h.replay.Claim(id)
+		h.replay.Delivered(id, ticket)
 		i++
 	}
 }
@@ -125,7 +125,7 @@ func (c *countingBody) Read(p []byte) (int, error) {
 func BenchmarkRefusal(b *testing.B) {
 	const size = 1 << 20
 	body := bytes.Repeat([]byte("x"), size)
-	h, _ := provisioned(&testing.T{}, &Handler{Secrets: []string{webhooktest.Secret}, MaxSize: 2 << 20})
+	h, _ := provisioned(b, &Handler{Secrets: []string{webhooktest.Secret}, MaxSize: 2 << 20})
 	h.logger = zap.NewNop() // production logs refusals only at DEBUG
 	for _, tc := range []struct {
 		name   string

@@ -3,8 +3,8 @@ package openaiwebhook
 import (
 	"errors"
 	"io"
-	"slices"
 	"sync"
+	"sync/atomic"
 )
 
 // chunkSize is the unit in which bodies are buffered. Pooled fixed-size
@@ -21,7 +21,30 @@ var chunkListPool = sync.Pool{New: func() any { return new([]*[chunkSize]byte) }
 var (
 	errBodyTooLarge = errors.New("body exceeds max_size")
 	errBodyReleased = errors.New("verified body read after the request finished")
+	errOverloaded   = errors.New("max_unverified bytes are already held for bodies not yet verified")
 )
+
+// budget bounds the bytes held, across requests, in chunks of bodies that
+// are not verified yet: anyone can send those, with no secret.
+type budget struct {
+	limit int64
+	used  atomic.Int64
+}
+
+// reserve takes n bytes of the budget if they are free.
+func (b *budget) reserve(n int64) bool {
+	for {
+		used := b.used.Load()
+		if used+n > b.limit {
+			return false
+		}
+		if b.used.CompareAndSwap(used, used+n) {
+			return true
+		}
+	}
+}
+
+func (b *budget) free(n int64) { b.used.Add(-n) }
 
 // bufferedBody is a request body read in full, held in pooled chunks until
 // release. The request must be verified before any byte goes upstream, so the
@@ -32,32 +55,44 @@ type bufferedBody struct {
 	chunks   []*[chunkSize]byte // *list's backing array
 	size     int64
 	released bool
+	budget   *budget
+	reserved int64 // bytes of budget held until verified or release
 }
 
 // readBody reads src to its end into a bufferedBody, also writing every byte
-// to hash. It reads at most limit+1 bytes and returns errBodyTooLarge when
-// the body is longer than limit. sizeHint is the declared length, or -1.
-func readBody(src io.Reader, limit, sizeHint int64, hash io.Writer) (*bufferedBody, error) {
-	b := &bufferedBody{list: chunkListPool.Get().(*[]*[chunkSize]byte)}
+// to hash. It takes chunks as bytes arrive, each reserved from budget first,
+// so what a sender makes the gateway hold grows with what it sent, never
+// with what it announced; errOverloaded means the budget ran out (before
+// any byte was read, if it had no room for the first chunk). It reads at
+// most limit+1 bytes and returns errBodyTooLarge when the body is longer
+// than limit.
+func readBody(src io.Reader, limit int64, hash io.Writer, budget *budget) (*bufferedBody, error) {
+	b := &bufferedBody{list: chunkListPool.Get().(*[]*[chunkSize]byte), budget: budget}
 	b.chunks = (*b.list)[:0]
-	if sizeHint > 0 {
-		b.chunks = slices.Grow(b.chunks, int((sizeHint+chunkSize-1)/chunkSize))
-	}
 	for {
+		if b.size == limit {
+			// Only the end may follow; a byte more is refused unbuffered.
+			if err := expectEOF(src); err != nil {
+				b.release()
+				return nil, err
+			}
+			return b, nil
+		}
 		off := int(b.size % chunkSize)
-		if off == 0 {
+		if b.size == int64(len(b.chunks))*chunkSize { // the last chunk is full
+			if !budget.reserve(chunkSize) {
+				b.release()
+				return nil, errOverloaded
+			}
+			b.reserved += chunkSize
 			b.chunks = append(b.chunks, chunkPool.Get().(*[chunkSize]byte))
 		}
 		chunk := b.chunks[len(b.chunks)-1]
-		room := min(int64(chunkSize-off), limit+1-b.size)
+		room := min(int64(chunkSize-off), limit-b.size)
 		n, err := src.Read(chunk[off : off+int(room)])
 		if n > 0 {
 			_, _ = hash.Write(chunk[off : off+n])
 			b.size += int64(n)
-			if b.size > limit {
-				b.release()
-				return nil, errBodyTooLarge
-			}
 		}
 		if err == io.EOF {
 			return b, nil
@@ -69,13 +104,39 @@ func readBody(src io.Reader, limit, sizeHint int64, hash io.Writer) (*bufferedBo
 	}
 }
 
+// expectEOF reads src, which must have nothing left: errBodyTooLarge if it
+// has.
+func expectEOF(src io.Reader) error {
+	var probe [1]byte
+	for {
+		n, err := src.Read(probe[:])
+		if n > 0 {
+			return errBodyTooLarge
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// verified hands the body's share of the budget back: a verified body was
+// sent by a holder of the secret, and is bounded by max_size alone.
+func (b *bufferedBody) verified() {
+	b.budget.free(b.reserved)
+	b.reserved = 0
+}
+
 // newReader returns a reader over the whole body, from the start.
 func (b *bufferedBody) newReader() io.ReadCloser {
 	return &bodyReader{body: b}
 }
 
-// release returns the chunks to the pool. Readers still held elsewhere (a
-// transport may read after the handler returns) get errBodyReleased.
+// release returns the chunks to the pool and any budget still held. Readers
+// still held elsewhere (a transport may read after the handler returns) get
+// errBodyReleased.
 func (b *bufferedBody) release() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -83,6 +144,8 @@ func (b *bufferedBody) release() {
 		return
 	}
 	b.released = true
+	b.budget.free(b.reserved)
+	b.reserved = 0
 	for _, c := range b.chunks {
 		chunkPool.Put(c)
 	}
@@ -116,3 +179,23 @@ func (r *bodyReader) Read(p []byte) (int, error) {
 
 // Close does nothing: the handler releases the body once the request is done.
 func (r *bodyReader) Close() error { return nil }
+
+// discard reads src to its end, at most limit bytes, into a pooled chunk
+// that is overwritten each time, so it holds nothing. beforeRead is called
+// before each read (to move a deadline). It reports whether src ended.
+func discard(src io.Reader, limit int64, beforeRead func()) bool {
+	scratch := chunkPool.Get().(*[chunkSize]byte)
+	defer chunkPool.Put(scratch)
+	for read := int64(0); read <= limit; {
+		beforeRead()
+		n, err := src.Read(scratch[:min(chunkSize, limit+1-read)])
+		read += int64(n)
+		if err == io.EOF {
+			return read <= limit
+		}
+		if err != nil {
+			return false
+		}
+	}
+	return false
+}

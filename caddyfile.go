@@ -1,14 +1,19 @@
 package openaiwebhook
 
 import (
+	"errors"
 	"fmt"
+	"math"
 	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
+
+	"github.com/webhookgate/caddy-openai-webhook/internal/verifier"
 )
 
 func init() {
@@ -31,6 +36,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		secret    <secret>
 //		tolerance <duration>
 //		max_size  <size>
+//		body_timeout   <duration>
+//		max_unverified <size>
 //		replay_window   <duration>|off
 //		replay_capacity <count>
 //	}
@@ -41,68 +48,108 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		h.Secrets = append(h.Secrets, d.Val())
 		if d.NextArg() {
-			return d.ArgErr()
+			// Not ArgErr: it would quote the second argument, likely a secret.
+			return d.Err("openai_webhook takes at most one secret argument; give more with secret lines in its block")
 		}
 	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		parse, ok := h.subdirectives()[d.Val()]
-		if !ok {
-			return d.Errf("unrecognized openai_webhook subdirective %q", d.Val())
-		}
+	for d.NextBlock(0) {
 		name := d.Val()
-		var value string
-		if !d.AllArgs(&value) {
-			return d.ArgErr()
+		var err error
+		switch name {
+		case "secret":
+			var secret string
+			if secret, err = oneArg(d); err == nil {
+				h.Secrets = append(h.Secrets, secret)
+			}
+		case "tolerance":
+			h.Tolerance, err = parseArg(d, parseDuration)
+		case "max_size":
+			h.MaxSize, err = parseArg(d, func(v string) (int64, error) { return parseSize(v, MaxMaxSize) })
+		case "body_timeout":
+			h.BodyTimeout, err = parseArg(d, parseDuration)
+		case "max_unverified":
+			h.MaxUnverified, err = parseArg(d, func(v string) (int64, error) { return parseSize(v, math.MaxInt64) })
+		case "replay_window":
+			h.ReplayWindow, err = parseArg(d, parseReplayWindow)
+		case "replay_capacity":
+			h.ReplayCapacity, err = parseArg(d, parseCount)
+		default:
+			if strings.HasPrefix(name, verifier.SecretPrefix) {
+				return d.Err("unrecognized openai_webhook subdirective that looks like a secret: write secret <secret>")
+			}
+			return d.Errf("unrecognized openai_webhook subdirective %q", name)
 		}
-		if err := parse(value); err != nil {
+		if err != nil {
 			return d.Errf("%s: %v", name, err)
 		}
 	}
 	return nil
 }
 
-// subdirectives maps each subdirective to the parser of its one value.
-func (h *Handler) subdirectives() map[string]func(value string) error {
-	return map[string]func(string) error{
-		"secret": func(v string) error {
-			h.Secrets = append(h.Secrets, v)
-			return nil
-		},
-		"tolerance": func(v string) error {
-			dur, err := caddy.ParseDuration(v)
-			h.Tolerance = caddy.Duration(dur)
-			return err
-		},
-		"max_size": func(v string) error {
-			size, err := humanize.ParseBytes(v)
-			if err != nil {
-				return err
-			}
-			if size == 0 || size > MaxMaxSize {
-				return fmt.Errorf("%s is not between 1 byte and 1GiB", v)
-			}
-			h.MaxSize = int64(size)
-			return nil
-		},
-		"replay_window": func(v string) error {
-			if v == "off" {
-				h.ReplayWindow = -1
-				return nil
-			}
-			dur, err := caddy.ParseDuration(v)
-			if err != nil || dur <= 0 {
-				return fmt.Errorf("%q is neither a positive duration nor off", v)
-			}
-			h.ReplayWindow = caddy.Duration(dur)
-			return nil
-		},
-		"replay_capacity": func(v string) error {
-			n, err := strconv.Atoi(v)
-			if err != nil || n <= 0 {
-				return fmt.Errorf("%q is not a positive whole number", v)
-			}
-			h.ReplayCapacity = n
-			return nil
-		},
+var errOneValue = errors.New("takes exactly one value")
+
+// oneArg returns the subdirective's one value.
+func oneArg(d *caddyfile.Dispenser) (string, error) {
+	var value string
+	if !d.AllArgs(&value) {
+		return "", errOneValue
 	}
+	return value, nil
+}
+
+// parseArg parses the subdirective's one value with parse.
+func parseArg[T any](d *caddyfile.Dispenser, parse func(string) (T, error)) (T, error) {
+	value, err := oneArg(d)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return parse(value)
+}
+
+// parseReplayWindow parses a positive duration or "off" (-1).
+func parseReplayWindow(v string) (caddy.Duration, error) {
+	if v == "off" {
+		return -1, nil
+	}
+	dur, err := parseDuration(v)
+	if err != nil {
+		return 0, fmt.Errorf("%q is neither a positive duration nor off", v)
+	}
+	return dur, nil
+}
+
+// parseCount parses a positive whole number.
+func parseCount(v string) (int, error) {
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q is not a positive whole number", v)
+	}
+	return n, nil
+}
+
+// parseDuration parses a positive duration in Caddy's syntax (which adds
+// days, "1d").
+func parseDuration(v string) (caddy.Duration, error) {
+	dur, err := caddy.ParseDuration(v)
+	if err != nil {
+		return 0, err
+	}
+	if dur <= 0 {
+		return 0, fmt.Errorf("%q is not a positive duration", v)
+	}
+	return caddy.Duration(dur), nil
+}
+
+// parseSize parses a size in Caddy's syntax ("64KiB", "1MB"), from 1 byte
+// to limit.
+func parseSize(v string, limit uint64) (int64, error) {
+	size, err := humanize.ParseBytes(v)
+	if err != nil {
+		return 0, err
+	}
+	if size == 0 || size > limit {
+		return 0, fmt.Errorf("%s is not between 1 byte and %s", v, humanize.IBytes(limit))
+	}
+	return int64(size), nil
 }

@@ -8,6 +8,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddytest"
+
+	"github.com/webhookgate/caddy-openai-webhook/internal/verifier"
 )
 
 func TestUnmarshalCaddyfile(t *testing.T) {
@@ -48,12 +50,21 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			want:  Handler{Secrets: []string{"{env.A}"}, ReplayWindow: -1},
 		},
 		{name: "bad replay_window", input: "openai_webhook {\n replay_window never\n}", wantErr: "replay_window"},
+		{
+			name:  "body options",
+			input: "openai_webhook {env.A} {\n body_timeout 3s\n max_unverified 16MiB\n}",
+			want:  Handler{Secrets: []string{"{env.A}"}, BodyTimeout: caddy.Duration(3 * time.Second), MaxUnverified: 16 << 20},
+		},
+		{name: "body_timeout without a unit", input: "openai_webhook {\n body_timeout 10\n}", wantErr: "body_timeout"},
+		{name: "negative body_timeout", input: "openai_webhook {\n body_timeout -1s\n}", wantErr: "body_timeout"},
+		{name: "max_unverified zero", input: "openai_webhook {\n max_unverified 0\n}", wantErr: "max_unverified"},
+		{name: "max_unverified without a value", input: "openai_webhook {\n max_unverified\n}", wantErr: "max_unverified: takes exactly one value"},
 		{name: "zero replay_window", input: "openai_webhook {\n replay_window 0s\n}", wantErr: "replay_window"},
 		{name: "bad replay_capacity", input: "openai_webhook {\n replay_capacity -3\n}", wantErr: "replay_capacity"},
 		{name: "no secret is a provision error, not a parse error", input: `openai_webhook`, want: Handler{}},
-		{name: "two arguments", input: `openai_webhook {env.A} {env.B}`, wantErr: "wrong argument count"},
-		{name: "secret without value", input: "openai_webhook {\n secret\n}", wantErr: "wrong argument count"},
-		{name: "secret with two values", input: "openai_webhook {\n secret a b\n}", wantErr: "wrong argument count"},
+		{name: "two arguments", input: `openai_webhook {env.A} {env.B}`, wantErr: "at most one secret argument"},
+		{name: "secret without value", input: "openai_webhook {\n secret\n}", wantErr: "secret: takes exactly one value"},
+		{name: "secret with two values", input: "openai_webhook {\n secret a b\n}", wantErr: "secret: takes exactly one value"},
 		{name: "bad tolerance", input: "openai_webhook {\n tolerance soon\n}", wantErr: "tolerance"},
 		{name: "bad max_size", input: "openai_webhook {\n max_size lots\n}", wantErr: "max_size"},
 		{name: "zero max_size", input: "openai_webhook {\n max_size 0\n}", wantErr: "max_size"},
@@ -74,7 +85,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				t.Fatal(err)
 			}
 			if strings.Join(got.Secrets, ",") != strings.Join(tc.want.Secrets, ",") || got.Tolerance != tc.want.Tolerance || got.MaxSize != tc.want.MaxSize ||
-				got.ReplayWindow != tc.want.ReplayWindow || got.ReplayCapacity != tc.want.ReplayCapacity {
+				got.ReplayWindow != tc.want.ReplayWindow || got.ReplayCapacity != tc.want.ReplayCapacity ||
+				got.BodyTimeout != tc.want.BodyTimeout || got.MaxUnverified != tc.want.MaxUnverified {
 				t.Fatalf("got %+v, want %+v", got, tc.want)
 			}
 		})
@@ -137,4 +149,55 @@ func TestAdapt(t *testing.T) {
 		}
 	}
 }`)
+}
+
+// FuzzUnmarshalCaddyfile parses arbitrary openai_webhook blocks: it never
+// panics, what it accepts is within the ranges the parser promises, and no
+// error shows a value given to secret.
+func FuzzUnmarshalCaddyfile(f *testing.F) {
+	for _, seed := range []string{
+		"{env.A}",
+		"{\n secret whsec_c2VjcmV0LXZhbHVlLW9mLWZ1enotc2VlZA==\n tolerance 2m\n}",
+		"{\n secret whsec_c2VjcmV0LXZhbHVlLW9mLWZ1enotc2VlZA== extra\n}",
+		"{\n secret {file./run/s}\n max_size 64KiB\n body_timeout 3s\n max_unverified 1MiB\n replay_window off\n replay_capacity 10\n}",
+		"{\n replay_window 1d\n replay_capacity -1\n}",
+		"{\n max_size 18446744073709551616\n}",
+		"{\n secret whsec_c2VjcmV0LXZhbHVlLW9mLWZ1enotc2VlZA==\n bogus {\n }\n}",
+		"whsec_c2VjcmV0LXZhbHVlLW9mLWZ1enotc2VlZA== whsec_b3RoZXItc2VjcmV0LXZhbHVlLWZ1enotc2VlZA==",
+		"{\n whsec_c2VjcmV0LXZhbHVlLW9mLWZ1enotc2VlZA==\n}",
+		"a b c {\n}\n",
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, block string) {
+		tokens, err := caddyfile.Tokenize([]byte("openai_webhook "+block), "Caddyfile")
+		if err != nil {
+			return // not a Caddyfile; the adapter refuses it before any directive sees it
+		}
+		var h Handler
+		err = h.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens))
+		if err != nil {
+			// Secrets are the directive's arguments, the values of secret
+			// lines, and anything spelt like one.
+			var secrets []string
+			for i := 1; i < len(tokens) && tokens[i].Line == tokens[0].Line && tokens[i].Text != "{"; i++ {
+				secrets = append(secrets, tokens[i].Text)
+			}
+			for i, tok := range tokens {
+				if i > 0 && tokens[i-1].Text == "secret" && tokens[i-1].Line == tok.Line || strings.HasPrefix(tok.Text, verifier.SecretPrefix) {
+					secrets = append(secrets, tok.Text)
+				}
+			}
+			for _, secret := range secrets {
+				if len(secret) >= 8 && strings.Contains(err.Error(), secret) {
+					t.Fatalf("error %q shows the secret %q", err, secret)
+				}
+			}
+			return
+		}
+		if h.Tolerance < 0 || h.BodyTimeout < 0 || h.MaxSize < 0 || h.MaxSize > MaxMaxSize || h.MaxUnverified < 0 ||
+			h.ReplayWindow < -1 || h.ReplayCapacity < 0 {
+			t.Fatalf("accepted out-of-range values: %+v", h)
+		}
+	})
 }

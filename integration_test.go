@@ -176,3 +176,12 @@ func TestCaddyReverseProxy(t *testing.T) {
 		t.Fatalf("unsigned request with an unsent body: %d, close=%v; want 401 and close", resp.StatusCode, resp.Close)
 	}
 }
+
+// newUpstream serves app on a free port of 127.0.0.1 for the test and
+// returns its address.
+func newUpstream(t *testing.T, app http.Handler) string {
+	t.Helper()
+	s := httptest.NewServer(app)
+	t.Cleanup(s.Close)
+	return s.Listener.Addr().String()
+}

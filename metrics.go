@@ -5,21 +5,29 @@ import (
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/webhookgate/caddy-openai-webhook/internal/verifier"
 )
 
-// Outcomes, the values of the outcome label.
-const (
-	outcomeForwarded        = "forwarded"          // verified and passed to the next handler
-	outcomeDuplicate        = "duplicate"          // verified, id already delivered: 200, not forwarded
-	outcomeInFlight         = "in_flight"          // verified, id being forwarded: 409
-	outcomeMalformed        = "malformed"          // missing, repeated or malformed headers: 401
-	outcomeStale            = "stale"              // timestamp outside the tolerance: 401
-	outcomeBadSignature     = "bad_signature"      // no entry matches: 401
-	outcomeTooLarge         = "too_large"          // body over max_size: 413
-	outcomeUnreadableBody   = "unreadable_body"    // body not read to its end: 400
-	outcomeMethodNotAllowed = "method_not_allowed" // not a POST: 405
+// outcome is what became of a request: the value of the outcome label and,
+// for a refusal, its status.
+type outcome struct {
+	name   string
+	status int
+}
+
+// Outcomes. Every request the handler sees ends in exactly one.
+var (
+	outcomeForwarded        = outcome{"forwarded", 0}                                    // verified and passed to the next handler
+	outcomeDuplicate        = outcome{"duplicate", http.StatusOK}                        // verified, id already delivered: not forwarded
+	outcomeInFlight         = outcome{"in_flight", http.StatusConflict}                  // verified, id being forwarded
+	outcomeMalformed        = outcome{"malformed", http.StatusUnauthorized}              // missing, repeated or malformed headers
+	outcomeStale            = outcome{"stale", http.StatusUnauthorized}                  // timestamp outside the tolerance
+	outcomeBadSignature     = outcome{"bad_signature", http.StatusUnauthorized}          // no entry matches
+	outcomeTooLarge         = outcome{"too_large", http.StatusRequestEntityTooLarge}     // body over max_size
+	outcomeBodyTimeout      = outcome{"body_timeout", http.StatusRequestTimeout}         // body slower than body_timeout
+	outcomeOverloaded       = outcome{"overloaded", http.StatusServiceUnavailable}       // max_unverified reached
+	outcomeUnreadableBody   = outcome{"unreadable_body", http.StatusBadRequest}          // body not read to its end
+	outcomeBadFraming       = outcome{"bad_framing", http.StatusBadRequest}              // upgrade, Connection, Content-Length
+	outcomeMethodNotAllowed = outcome{"method_not_allowed", http.StatusMethodNotAllowed} // not a POST
 )
 
 // requestsTotal lives for the process, so counts survive config reloads;
@@ -40,24 +48,4 @@ func registerMetrics(registry *prometheus.Registry) error {
 		return nil // another openai_webhook handler of this config did it
 	}
 	return err
-}
-
-// refusalOutcome names why a request was refused, for the metric.
-func refusalOutcome(status int, reason error) string {
-	switch {
-	case status == http.StatusMethodNotAllowed:
-		return outcomeMethodNotAllowed
-	case status == http.StatusConflict:
-		return outcomeInFlight
-	case status == http.StatusRequestEntityTooLarge:
-		return outcomeTooLarge
-	case status == http.StatusBadRequest:
-		return outcomeUnreadableBody
-	case errors.Is(reason, verifier.ErrTimestampTooOld), errors.Is(reason, verifier.ErrTimestampTooNew):
-		return outcomeStale
-	case errors.Is(reason, verifier.ErrNoMatchingSignature):
-		return outcomeBadSignature
-	default:
-		return outcomeMalformed
-	}
 }

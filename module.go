@@ -8,8 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
+	"os"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -27,17 +30,24 @@ func init() {
 
 // Defaults and limits of the configuration.
 const (
-	DefaultMaxSize = 1 << 20
-	MaxMaxSize     = 1 << 30
+	DefaultMaxSize       = 1 << 20
+	MaxMaxSize           = 1 << 30
+	DefaultBodyTimeout   = 10 * time.Second
+	DefaultMaxUnverified = 64 << 20
 )
 
 // Handler verifies OpenAI webhook deliveries. A request passes to the next
-// handler only if its webhook-timestamp is within the tolerance and its
+// handler only if its webhook-timestamp is within the tolerance, both when
+// its headers arrive and when its body has been read, and its
 // webhook-signature carries an HMAC-SHA256 of "id.timestamp.body" made with
-// one of the configured secrets. Other POSTs are refused with 401 (413 for
-// a body over max_size, 400 for a body that could not be read) and other
-// methods with 405, through Caddy's error handling, so handle_errors can
-// shape the response. The next handler gets the verified bytes with an exact
+// one of the configured secrets. Other requests are refused through Caddy's
+// error handling, so handle_errors can shape the response: 405 for methods
+// other than POST, 400 for requests that ask to upgrade the connection or
+// could lose their signature headers on the way, 401 for missing, malformed,
+// stale or unmatched signatures, 413 for a body over max_size, 408 for one
+// not received within body_timeout, 400 for one that could not be read, and
+// 503 (with Retry-After) while max_unverified bytes are already held for
+// unverified bodies. The next handler gets the verified bytes with an exact
 // Content-Length and the placeholders {openai_webhook.id} and
 // {openai_webhook.timestamp}.
 type Handler struct {
@@ -51,7 +61,8 @@ type Handler struct {
 	Secrets []string `json:"secrets,omitempty"`
 
 	// Tolerance is how far webhook-timestamp may be from the current time in
-	// either direction. At least 1s. Default: 5m.
+	// either direction, judged when the headers arrive and again when the
+	// body has been read. At least 1s. Default: 5m.
 	Tolerance caddy.Duration `json:"tolerance,omitempty"`
 
 	// MaxSize is the largest body accepted, in bytes; a longer one is refused
@@ -60,23 +71,42 @@ type Handler struct {
 	// At most 1 GiB. Default: 1 MiB.
 	MaxSize int64 `json:"max_size,omitempty"`
 
+	// BodyTimeout is the longest a request's body may take to arrive, from
+	// when the handler starts reading it; a slower one is refused with 408.
+	// It ends bodies trickled to hold memory or to stretch the freshness
+	// window. Default: 10s, well under the 20s OpenAI waits for an answer.
+	BodyTimeout caddy.Duration `json:"body_timeout,omitempty"`
+
+	// MaxUnverified bounds the bytes buffered, across all requests being
+	// read at once, for bodies whose signature is not verified yet: anyone
+	// can send those. Past it, deliveries are refused with 503 and
+	// Retry-After before more of their body is read, and senders such as
+	// OpenAI retry later. Handlers with the same max_unverified share one
+	// budget, across reloads too. At least what one body of max_size
+	// occupies (max_size rounded up to 32 KiB). Default: 64 MiB.
+	MaxUnverified int64 `json:"max_unverified,omitempty"`
+
 	// ReplayWindow is how long the webhook-id of a delivered request is
 	// remembered. While it is, a request with the same id is answered 200
 	// with an empty body and not forwarded; one whose id is being forwarded
 	// at that moment gets 409. An id is remembered only once the next
 	// handler answered 2xx, so the sender's retries of a failed delivery go
-	// through. Default: twice the tolerance, which outlasts every replay of
-	// a captured request. Negative (Caddyfile: off) turns replay refusal off.
+	// through. Default: twice the tolerance plus one second, which outlasts
+	// every replay of a captured request. Negative (Caddyfile: off) turns
+	// replay refusal off.
 	ReplayWindow caddy.Duration `json:"replay_window,omitempty"`
 
 	// ReplayCapacity is the most delivered ids kept in memory; past it the
 	// oldest is forgotten early. Each costs about 64 bytes. Default: 100000.
 	ReplayCapacity int `json:"replay_capacity,omitempty"`
 
-	verifier  *verifier.Verifier
-	replay    replay.Store // nil when replay refusal is off
-	replayKey string       // the handler's share of replayStores
-	logger    *zap.Logger
+	verifier   *verifier.Verifier
+	budget     *budget
+	budgetKey  string       // the handler's share of budgets
+	retryAfter string       // Retry-After of a 503, in seconds
+	replay     replay.Store // nil when replay refusal is off
+	replayKey  string       // the handler's share of replayStores
+	logger     *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -87,8 +117,18 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision expands and decodes the secrets and builds the verifier. Its
-// errors name the field at fault and never contain a secret.
+// budgets keeps the budgets for unverified bodies across config reloads, so
+// that a reload does not hand senders a second budget while the old
+// config's requests still hold the first.
+var budgets = caddy.NewUsagePool()
+
+type pooledBudget struct{ *budget }
+
+func (pooledBudget) Destruct() error { return nil }
+
+// Provision sets the defaults, expands and decodes the secrets and builds
+// the verifier. Its errors name the field at fault and never contain a
+// secret.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
@@ -100,11 +140,22 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.MaxSize == 0 {
 		h.MaxSize = DefaultMaxSize
 	}
-	if h.Tolerance < caddy.Duration(time.Second) {
-		return fmt.Errorf("tolerance: %v is shorter than 1s", time.Duration(h.Tolerance))
+	if h.BodyTimeout == 0 {
+		h.BodyTimeout = caddy.Duration(DefaultBodyTimeout)
 	}
-	if h.MaxSize < 0 || h.MaxSize > MaxMaxSize {
-		return fmt.Errorf("max_size: %d is not between 1 and %d bytes", h.MaxSize, MaxMaxSize)
+	if h.MaxUnverified == 0 {
+		h.MaxUnverified = max(DefaultMaxUnverified, chunksOf(h.MaxSize))
+	}
+	if h.ReplayWindow == 0 {
+		h.ReplayWindow = caddy.Duration(2*time.Duration(h.Tolerance) + time.Second)
+	}
+	if h.ReplayCapacity == 0 {
+		h.ReplayCapacity = DefaultReplayCapacity
+	}
+	// The values are checked before anything is built from them; Caddy
+	// calls Validate again afterwards.
+	if err := h.Validate(); err != nil {
+		return err
 	}
 	keys, err := expandSecrets(h.Secrets)
 	if err != nil {
@@ -114,7 +165,38 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	h.retryAfter = strconv.Itoa(int(math.Ceil(time.Duration(h.BodyTimeout).Seconds())))
+	h.budgetKey = strconv.FormatInt(h.MaxUnverified, 10)
+	shared, _, err := budgets.LoadOrNew(h.budgetKey, func() (caddy.Destructor, error) {
+		return pooledBudget{&budget{limit: h.MaxUnverified}}, nil
+	})
+	if err != nil {
+		return err
+	}
+	h.budget = shared.(pooledBudget).budget
 	return h.provisionReplay(keys)
+}
+
+// Validate checks that every setting is within its range.
+func (h *Handler) Validate() error {
+	switch {
+	case h.Tolerance < caddy.Duration(time.Second):
+		return fmt.Errorf("tolerance: %v is shorter than 1s", time.Duration(h.Tolerance))
+	case h.MaxSize < 1 || h.MaxSize > MaxMaxSize:
+		return fmt.Errorf("max_size: %d is not between 1 and %d bytes", h.MaxSize, MaxMaxSize)
+	case h.BodyTimeout <= 0:
+		return fmt.Errorf("body_timeout: %v is not a positive duration", time.Duration(h.BodyTimeout))
+	case h.MaxUnverified < chunksOf(h.MaxSize):
+		return fmt.Errorf("max_unverified: %d bytes is less than the %d one body of max_size occupies", h.MaxUnverified, chunksOf(h.MaxSize))
+	case h.ReplayCapacity < 0:
+		return fmt.Errorf("replay_capacity: %d is negative", h.ReplayCapacity)
+	}
+	return nil
+}
+
+// chunksOf returns the bytes of the chunks a body of size bytes occupies.
+func chunksOf(size int64) int64 {
+	return (size + chunkSize - 1) / chunkSize * chunkSize
 }
 
 // expandSecrets resolves placeholders in each secret and decodes it.
@@ -139,48 +221,110 @@ func expandSecrets(secrets []string) ([][]byte, error) {
 	return keys, nil
 }
 
+// Cleanup releases the handler's shares of its budget and replay store.
+func (h *Handler) Cleanup() error {
+	var errs []error
+	if h.budgetKey != "" {
+		_, err := budgets.Delete(h.budgetKey)
+		errs = append(errs, err)
+	}
+	if h.replayKey != "" {
+		_, err := replayStores.Delete(h.replayKey)
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
 // ServeHTTP verifies the request and, if it is genuine, passes it on.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		return h.refuseUnread(w, r, http.StatusMethodNotAllowed, errMethodNotAllowed, "")
+		return h.refuse(w, r, outcomeMethodNotAllowed, errMethodNotAllowed, "")
+	}
+	if err := checkFraming(r.Header); err != nil {
+		return h.refuse(w, r, outcomeBadFraming, err, "")
 	}
 	headers, err := signatureHeaders(r.Header)
 	if err != nil {
-		return h.refuseUnread(w, r, http.StatusUnauthorized, err, "")
+		return h.refuse(w, r, outcomeMalformed, err, "")
 	}
-	// Headers and freshness first: a stale or unsigned request costs no body read.
+	// Headers and freshness first: a stale or unsigned request costs no
+	// buffering.
 	msg, err := h.verifier.Begin(headers)
 	if err != nil {
-		return h.refuseUnread(w, r, http.StatusUnauthorized, err, "")
+		return h.refuse(w, r, verdictOutcome(err), err, "")
 	}
 	if r.ContentLength > h.MaxSize {
 		msg.Discard()
-		// A body Go's server would drain anyway is left to it, so a sender
-		// whose body is a little too large reliably reads its 413.
-		if r.ContentLength <= maxDrainedBody {
-			return h.refuse(http.StatusRequestEntityTooLarge, errBodyTooLarge, headers.ID)
-		}
-		return h.refuseUnread(w, r, http.StatusRequestEntityTooLarge, errBodyTooLarge, headers.ID)
+		return h.refuse(w, r, outcomeTooLarge, errBodyTooLarge, headers.ID)
 	}
+	body, err := h.readBody(w, r, msg)
+	if err != nil {
+		msg.Discard()
+		return h.refuse(w, r, readOutcome(err), err, headers.ID)
+	}
+	defer body.release()
+	if err := msg.Finish(); err != nil {
+		return h.refuse(w, r, verdictOutcome(err), err, headers.ID)
+	}
+	body.verified()
+
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	repl.Set("openai_webhook.id", headers.ID)
+	repl.Set("openai_webhook.timestamp", headers.Timestamp)
+	if h.replay == nil {
+		requestsTotal.WithLabelValues(outcomeForwarded.name).Inc()
+		return next.ServeHTTP(w, withBody(r, body))
+	}
+	return h.forwardOnce(w, withBody(r, body), next, headers)
+}
+
+var (
+	errMethodNotAllowed = errors.New("method not allowed: webhooks are POSTed")
+	errBodyTimeout      = errors.New("body not received within body_timeout")
+)
+
+// readBody reads the request's body under max_size, the budget and
+// body_timeout, hashing it into hash as it arrives.
+func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, hash io.Writer) (*bufferedBody, error) {
 	src := r.Body
 	if src == nil {
 		src = http.NoBody
 	}
-	body, err := readBody(src, h.MaxSize, r.ContentLength, msg)
-	if err != nil {
-		msg.Discard()
+	timeout := time.Duration(h.BodyTimeout)
+	rc := http.NewResponseController(w)
+	var expired atomic.Bool
+	if err := rc.SetReadDeadline(time.Now().Add(timeout)); err == nil {
+		// The forward must not inherit the deadline: on HTTP/1 it would
+		// cancel the request when it passed.
+		defer func() { _ = rc.SetReadDeadline(time.Time{}) }()
+	} else {
+		// HTTP/3 has no read deadline: closing the body ends a read.
+		timer := time.AfterFunc(timeout, func() {
+			expired.Store(true)
+			_ = src.Close()
+		})
+		defer timer.Stop()
+	}
+	body, err := readBody(src, h.MaxSize, hash, h.budget)
+	switch {
+	case err == nil:
+		return body, nil
+	case errors.Is(err, os.ErrDeadlineExceeded) || expired.Load():
+		return nil, errBodyTimeout
+	case errors.Is(err, errBodyTooLarge), errors.Is(err, errOverloaded):
+		return nil, err
+	case errors.As(err, new(*http.MaxBytesError)):
 		// Caddy's request_body max_size, if smaller, stops the read first.
-		if errors.Is(err, errBodyTooLarge) || errors.As(err, new(*http.MaxBytesError)) {
-			return h.refuse(http.StatusRequestEntityTooLarge, err, headers.ID)
-		}
-		return h.refuse(http.StatusBadRequest, fmt.Errorf("reading body: %w", err), headers.ID)
+		return nil, fmt.Errorf("%w: %w", errBodyTooLarge, err)
+	default:
+		return nil, fmt.Errorf("reading body: %w", err)
 	}
-	defer body.release()
-	if err := msg.Finish(); err != nil {
-		return h.refuse(http.StatusUnauthorized, err, headers.ID)
-	}
+}
 
+// withBody returns r carrying the verified body, framed by an exact
+// Content-Length and nothing else.
+func withBody(r *http.Request, body *bufferedBody) *http.Request {
 	r.Body = body.newReader()
 	r.GetBody = func() (io.ReadCloser, error) { return body.newReader(), nil }
 	r.ContentLength = body.size
@@ -190,47 +334,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	r.Trailer = nil
 	// The body is already here: the app must not answer 100 Continue again.
 	r.Header.Del("Expect")
-
-	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	repl.Set("openai_webhook.id", headers.ID)
-	repl.Set("openai_webhook.timestamp", headers.Timestamp)
-	if h.replay == nil {
-		requestsTotal.WithLabelValues(outcomeForwarded).Inc()
-		return next.ServeHTTP(w, r)
-	}
-	return h.forwardOnce(w, r, next, headers.ID)
-}
-
-var errMethodNotAllowed = errors.New("method not allowed: webhooks are POSTed")
-
-// refuse logs why a request was refused and returns the error for Caddy's
-// error handling. Only the reason and the (already validated) id are
-// logged: never a secret, a signature or any of the body.
-func (h *Handler) refuse(status int, reason error, id string) error {
-	requestsTotal.WithLabelValues(refusalOutcome(status, reason)).Inc()
-	if ce := h.logger.Check(zap.DebugLevel, "webhook refused"); ce != nil {
-		fields := []zap.Field{zap.Int("status", status), zap.String("reason", reason.Error())}
-		if id != "" {
-			fields = append(fields, zap.String("webhook_id", id))
-		}
-		ce.Write(fields...)
-	}
-	return caddyhttp.Error(status, reason)
-}
-
-// maxDrainedBody is how much of an unread body Go's HTTP/1 server reads and
-// discards to keep the connection (net/http's maxPostHandlerReadBytes).
-const maxDrainedBody = 256 << 10
-
-// refuseUnread refuses a request whose body was not read. On HTTP/1 it also
-// closes the connection after the answer: to keep it open, Go's server would
-// first read and discard up to 256 KiB of the body, waiting for a client
-// that may never send it.
-func (h *Handler) refuseUnread(w http.ResponseWriter, r *http.Request, status int, reason error, id string) error {
-	if r.ProtoMajor == 1 && r.ContentLength != 0 {
-		w.Header().Set("Connection", "close")
-	}
-	return h.refuse(status, reason, id)
+	return r
 }
 
 // errRepeatedHeader refuses a header sent more than once: which copy a
@@ -267,6 +371,7 @@ func singleHeader(hdr http.Header, canonicalName string) (string, error) {
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
 	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 	_ caddyfile.Unmarshaler       = (*Handler)(nil)

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -23,7 +25,7 @@ import (
 
 // provisioned returns a Handler provisioned like Caddy does, logging at
 // DEBUG into the returned buffer.
-func provisioned(t *testing.T, h *Handler) (*Handler, *bytes.Buffer) {
+func provisioned(t testing.TB, h *Handler) (*Handler, *bytes.Buffer) {
 	t.Helper()
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	t.Cleanup(cancel)
@@ -33,7 +35,7 @@ func provisioned(t *testing.T, h *Handler) (*Handler, *bytes.Buffer) {
 	t.Cleanup(func() { _ = h.Cleanup() })
 	logs := new(bytes.Buffer)
 	enc := zapcore.NewJSONEncoder(zap.NewDevelopmentEncoderConfig())
-	h.logger = zap.New(zapcore.NewCore(enc, zapcore.AddSync(logs), zapcore.DebugLevel))
+	h.logger = zap.New(zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(logs)), zapcore.DebugLevel))
 	return h, logs
 }
 
@@ -152,49 +154,69 @@ func TestRefusesWithStatusAndForwardsNothing(t *testing.T) {
 	stale := time.Now().Add(-6 * time.Minute)
 	for _, tc := range []struct {
 		name    string
-		status  int
-		outcome string
+		outcome outcome
 		modify  func(r *http.Request)
 	}{
-		{"GET", 405, outcomeMethodNotAllowed, func(r *http.Request) { r.Method = http.MethodGet }},
-		{"PUT", 405, outcomeMethodNotAllowed, func(r *http.Request) { r.Method = http.MethodPut }},
-		{"no headers", 401, outcomeMalformed, func(r *http.Request) { r.Header = http.Header{} }},
-		{"no webhook-id", 401, outcomeMalformed, func(r *http.Request) { r.Header.Del("webhook-id") }},
-		{"no webhook-timestamp", 401, outcomeMalformed, func(r *http.Request) { r.Header.Del("webhook-timestamp") }},
-		{"no webhook-signature", 401, outcomeMalformed, func(r *http.Request) { r.Header.Del("webhook-signature") }},
-		{"empty webhook-signature", 401, outcomeMalformed, func(r *http.Request) { r.Header.Set("webhook-signature", "") }},
-		{"webhook-id twice", 401, outcomeMalformed, func(r *http.Request) { r.Header.Add("webhook-id", "wh_other") }},
-		{"webhook-timestamp twice", 401, outcomeMalformed, func(r *http.Request) { r.Header.Add("webhook-timestamp", r.Header.Get("webhook-timestamp")) }},
-		{"webhook-signature twice", 401, outcomeMalformed, func(r *http.Request) { r.Header.Add("webhook-signature", r.Header.Get("webhook-signature")) }},
-		{"stale", 401, outcomeStale, func(r *http.Request) {
+		{"GET", outcomeMethodNotAllowed, func(r *http.Request) { r.Method = http.MethodGet }},
+		{"PUT", outcomeMethodNotAllowed, func(r *http.Request) { r.Method = http.MethodPut }},
+		{"no headers", outcomeMalformed, func(r *http.Request) { r.Header = http.Header{} }},
+		{"no webhook-id", outcomeMalformed, func(r *http.Request) { r.Header.Del("webhook-id") }},
+		{"no webhook-timestamp", outcomeMalformed, func(r *http.Request) { r.Header.Del("webhook-timestamp") }},
+		{"no webhook-signature", outcomeMalformed, func(r *http.Request) { r.Header.Del("webhook-signature") }},
+		{"empty webhook-signature", outcomeMalformed, func(r *http.Request) { r.Header.Set("webhook-signature", "") }},
+		{"webhook-id twice", outcomeMalformed, func(r *http.Request) { r.Header.Add("webhook-id", "wh_other") }},
+		{"webhook-timestamp twice", outcomeMalformed, func(r *http.Request) { r.Header.Add("webhook-timestamp", r.Header.Get("webhook-timestamp")) }},
+		{"webhook-signature twice", outcomeMalformed, func(r *http.Request) { r.Header.Add("webhook-signature", r.Header.Get("webhook-signature")) }},
+		{"stale", outcomeStale, func(r *http.Request) {
 			for k, v := range webhooktest.Headers(t, webhooktest.Secret, "wh_test", stale, body) {
 				r.Header[k] = v
 			}
 		}},
-		{"other secret", 401, outcomeBadSignature, func(r *http.Request) {
+		{"other secret", outcomeBadSignature, func(r *http.Request) {
 			for k, v := range webhooktest.Headers(t, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "wh_test", time.Now(), body) {
 				r.Header[k] = v
 			}
 		}},
-		{"tampered body", 401, outcomeBadSignature, func(r *http.Request) {
+		{"tampered body", outcomeBadSignature, func(r *http.Request) {
 			r.Body = io.NopCloser(bytes.NewReader(bytes.Replace(body, []byte("completed"), []byte("cancelled"), 1)))
 		}},
-		{"bare base64", 401, outcomeMalformed, func(r *http.Request) {
+		{"bare base64", outcomeMalformed, func(r *http.Request) {
 			r.Header.Set("webhook-signature", strings.TrimPrefix(r.Header.Get("webhook-signature"), "v1,"))
 		}},
-		{"Content-Length over max_size", 413, outcomeTooLarge, func(r *http.Request) {
+		{"Content-Length over max_size", outcomeTooLarge, func(r *http.Request) {
 			r.Body = io.NopCloser(bytes.NewReader(make([]byte, 1025)))
 			r.ContentLength = 1025
 		}},
-		{"chunked over max_size", 413, outcomeTooLarge, func(r *http.Request) {
+		{"chunked over max_size", outcomeTooLarge, func(r *http.Request) {
 			r.Body = io.NopCloser(hiddenLength{bytes.NewReader(make([]byte, 5000))})
 			r.ContentLength = -1
 		}},
-		{"request_body limit hit first", 413, outcomeTooLarge, func(r *http.Request) {
+		{"request_body limit hit first", outcomeTooLarge, func(r *http.Request) {
 			r.Body = http.MaxBytesReader(httptest.NewRecorder(), io.NopCloser(bytes.NewReader(body)), 10)
 		}},
-		{"body shorter than declared", 400, outcomeUnreadableBody, func(r *http.Request) {
+		{"body shorter than declared", outcomeUnreadableBody, func(r *http.Request) {
 			r.Body = io.NopCloser(io.MultiReader(bytes.NewReader(body[:10]), errReader{io.ErrUnexpectedEOF}))
+		}},
+		// A signed request that would carry more, or less, than the
+		// verified bytes and headers to the app.
+		{"Connection: Upgrade", outcomeBadFraming, func(r *http.Request) {
+			r.Header.Set("Connection", "keep-alive, Upgrade")
+			r.Header.Set("Upgrade", "websocket")
+		}},
+		{"Upgrade: h2c", outcomeBadFraming, func(r *http.Request) {
+			r.Header.Set("Connection", "Upgrade, HTTP2-Settings")
+			r.Header.Set("Upgrade", "h2c")
+			r.Header.Set("HTTP2-Settings", "AAMAAABkAAQAoAAAAAIAAAAA")
+		}},
+		{"Upgrade without Connection", outcomeBadFraming, func(r *http.Request) { r.Header.Set("Upgrade", "websocket") }},
+		{"Connection names webhook-signature", outcomeBadFraming, func(r *http.Request) {
+			r.Header.Set("Connection", "webhook-signature, webhook-id")
+		}},
+		{"Connection names webhook-timestamp", outcomeBadFraming, func(r *http.Request) {
+			r.Header.Set("Connection", "close, Webhook-Timestamp")
+		}},
+		{"two Content-Lengths", outcomeBadFraming, func(r *http.Request) {
+			r.Header["Content-Length"] = []string{strconv.Itoa(len(body)), "3"}
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -205,12 +227,12 @@ func TestRefusesWithStatusAndForwardsNothing(t *testing.T) {
 				counted[o] = testutil.ToFloat64(requestsTotal.WithLabelValues(o))
 			}
 			got, err := serve(h, r)
-			if status := statusOf(err); status != tc.status {
-				t.Fatalf("status %d (err %v), want %d", status, err, tc.status)
+			if status := statusOf(err); status != tc.outcome.status {
+				t.Fatalf("status %d (err %v), want %d", status, err, tc.outcome.status)
 			}
 			for _, o := range allOutcomes {
 				want := counted[o]
-				if o == tc.outcome {
+				if o == tc.outcome.name {
 					want++
 				}
 				if n := testutil.ToFloat64(requestsTotal.WithLabelValues(o)); n != want {
@@ -219,6 +241,11 @@ func TestRefusesWithStatusAndForwardsNothing(t *testing.T) {
 			}
 			if got.calls != 0 {
 				t.Fatal("refused request reached the next handler")
+			}
+			// Caddy logs the request's headers with the refusal: the
+			// signature must be gone from them.
+			if _, ok := r.Header["Webhook-Signature"]; ok {
+				t.Error("a refused request still carries webhook-signature")
 			}
 		})
 	}
@@ -233,8 +260,9 @@ func TestRefusesWithStatusAndForwardsNothing(t *testing.T) {
 	}
 }
 
-var allOutcomes = []string{outcomeForwarded, outcomeDuplicate, outcomeInFlight, outcomeMalformed, outcomeStale,
-	outcomeBadSignature, outcomeTooLarge, outcomeUnreadableBody, outcomeMethodNotAllowed}
+var allOutcomes = []string{outcomeForwarded.name, outcomeDuplicate.name, outcomeInFlight.name, outcomeMalformed.name,
+	outcomeStale.name, outcomeBadSignature.name, outcomeTooLarge.name, outcomeBodyTimeout.name, outcomeOverloaded.name,
+	outcomeUnreadableBody.name, outcomeBadFraming.name, outcomeMethodNotAllowed.name}
 
 type errReader struct{ err error }
 
@@ -280,11 +308,23 @@ func TestProvisionErrors(t *testing.T) {
 		{name: "negative tolerance", h: Handler{Secrets: []string{webhooktest.Secret}, Tolerance: caddy.Duration(-time.Minute)}, wantErr: "tolerance"},
 		{name: "negative max_size", h: Handler{Secrets: []string{webhooktest.Secret}, MaxSize: -1}, wantErr: "max_size"},
 		{name: "huge max_size", h: Handler{Secrets: []string{webhooktest.Secret}, MaxSize: 2 << 30}, wantErr: "max_size"},
+		{name: "negative body_timeout", h: Handler{Secrets: []string{webhooktest.Secret}, BodyTimeout: caddy.Duration(-time.Second)}, wantErr: "body_timeout"},
+		{name: "max_unverified below max_size", h: Handler{Secrets: []string{webhooktest.Secret}, MaxSize: 1 << 20, MaxUnverified: 1<<20 - 1}, wantErr: "max_unverified"},
+		{name: "max_unverified below max_size's chunks", h: Handler{Secrets: []string{webhooktest.Secret}, MaxSize: 1<<20 + 1, MaxUnverified: 1<<20 + 1}, wantErr: "max_unverified"},
+		{name: "max_unverified of one max_size body", h: Handler{Secrets: []string{webhooktest.Secret}, MaxSize: 1<<20 + 1, MaxUnverified: 1<<20 + chunkSize}},
+		{name: "max_size of 1GiB raises the default max_unverified", h: Handler{Secrets: []string{webhooktest.Secret}, MaxSize: 1 << 30}},
+		{name: "negative replay_capacity", h: Handler{Secrets: []string{webhooktest.Secret}, ReplayCapacity: -1}, wantErr: "replay_capacity"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 			defer cancel()
 			err := tc.h.Provision(ctx)
+			// Caddy cleans up after a failed provisioning too.
+			defer func() {
+				if err := tc.h.Cleanup(); err != nil {
+					t.Errorf("cleanup: %v", err)
+				}
+			}()
 			if tc.wantErr == "" {
 				if err != nil {
 					t.Fatalf("provision: %v", err)
@@ -305,8 +345,10 @@ func TestProvisionErrors(t *testing.T) {
 
 func TestDefaults(t *testing.T) {
 	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}})
-	if h.MaxSize != 1<<20 || time.Duration(h.Tolerance) != 5*time.Minute {
-		t.Fatalf("defaults max_size=%d tolerance=%s", h.MaxSize, time.Duration(h.Tolerance))
+	if h.MaxSize != 1<<20 || time.Duration(h.Tolerance) != 5*time.Minute || time.Duration(h.BodyTimeout) != 10*time.Second ||
+		h.MaxUnverified != 64<<20 || time.Duration(h.ReplayWindow) != 10*time.Minute+time.Second || h.ReplayCapacity != 100_000 {
+		t.Fatalf("defaults max_size=%d tolerance=%s body_timeout=%s max_unverified=%d replay_window=%s replay_capacity=%d",
+			h.MaxSize, time.Duration(h.Tolerance), time.Duration(h.BodyTimeout), h.MaxUnverified, time.Duration(h.ReplayWindow), h.ReplayCapacity)
 	}
 	for _, tc := range []struct {
 		age    time.Duration
@@ -316,5 +358,110 @@ func TestDefaults(t *testing.T) {
 		if statusOf(err) != tc.status {
 			t.Errorf("age %s: got %v, want status %d", tc.age, err, tc.status)
 		}
+	}
+}
+
+// TestUnverifiedBudget: senders without the secret can make the gateway
+// hold at most max_unverified bytes at once. A delivery that finds the
+// budget spent is refused with 503 and Retry-After before its body is
+// read; once the held bodies end, deliveries pass again.
+func TestUnverifiedBudget(t *testing.T) {
+	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}, MaxSize: 64 << 10, MaxUnverified: 4 * chunkSize,
+		BodyTimeout: caddy.Duration(time.Minute)})
+	body := bytes.Repeat([]byte{'x'}, 64<<10)
+	// Two stalled bodies of 64 KiB less a byte, with fake signatures, hold
+	// two chunks each: the whole budget.
+	var stalled []*io.PipeWriter
+	done := make(chan error, 2)
+	for i := range 2 {
+		pr, pw := io.Pipe()
+		stalled = append(stalled, pw)
+		r := signedRequest(t, fmt.Sprint("wh_stalled_", i), body, time.Now())
+		r.Header.Set("webhook-signature", "v1,"+strings.Repeat("A", 43)+"=")
+		r.Body = pr
+		go func() {
+			_, err := serve(h, r)
+			done <- err
+		}()
+		if _, err := pw.Write(body[:len(body)-1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if used := h.budget.used.Load(); used != 4*chunkSize {
+		t.Fatalf("stalled bodies hold %d bytes of budget, want %d", used, 4*chunkSize)
+	}
+
+	r := signedRequest(t, "wh_refused_for_now", body, time.Now())
+	r.Body = io.NopCloser(errReader{errors.New("body was read")})
+	w := httptest.NewRecorder()
+	before := testutil.ToFloat64(requestsTotal.WithLabelValues(outcomeOverloaded.name))
+	err := h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer())), new(forwarded))
+	if statusOf(err) != http.StatusServiceUnavailable || w.Header().Get("Retry-After") != "60" {
+		t.Fatalf("with the budget spent: %v, Retry-After %q; want 503 and 60", err, w.Header().Get("Retry-After"))
+	}
+	if testutil.ToFloat64(requestsTotal.WithLabelValues(outcomeOverloaded.name)) != before+1 {
+		t.Error("not counted as overloaded")
+	}
+
+	for _, pw := range stalled {
+		pw.CloseWithError(io.ErrUnexpectedEOF) // the senders give up
+	}
+	for range stalled {
+		select {
+		case err := <-done:
+			if statusOf(err) != http.StatusBadRequest {
+				t.Fatalf("a body cut short: %v, want 400", err)
+			}
+		case <-time.After(waitBound):
+			t.Fatal("a stalled request never ended")
+		}
+	}
+	if used := h.budget.used.Load(); used != 0 {
+		t.Fatalf("%d bytes of budget held after every body ended", used)
+	}
+	if got, err := serve(h, signedRequest(t, "wh_after_budget", body, time.Now())); err != nil || got.calls != 1 {
+		t.Fatalf("a delivery after the budget came back: %v", err)
+	}
+}
+
+// TestDeclaredLengthCostsNothing: what a sender announces in
+// Content-Length does not decide what the gateway allocates; only bytes
+// that arrive do.
+func TestDeclaredLengthCostsNothing(t *testing.T) {
+	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}, MaxSize: 1 << 30})
+	r := signedRequest(t, "wh_announced", []byte("x"), time.Now())
+	r.ContentLength = 1 << 30
+	r.Body = io.NopCloser(io.MultiReader(strings.NewReader("x"), errReader{io.ErrUnexpectedEOF}))
+	chunkPool.Put(chunkPool.Get()) // a pooled chunk, as in a server that has run
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err := serve(h, r)
+	runtime.ReadMemStats(&after)
+	if statusOf(err) != http.StatusBadRequest {
+		t.Fatalf("a body cut short: %v, want 400", err)
+	}
+	// One chunk, plus the request's bookkeeping, at most: a list sized
+	// from 1 GiB of chunks would be 256 KiB.
+	if allocated := after.TotalAlloc - before.TotalAlloc; allocated > 2*chunkSize {
+		t.Fatalf("one byte of an announced 1 GiB cost %d bytes of allocations", allocated)
+	}
+}
+
+// TestBodyTimeout: a body that does not arrive within body_timeout is
+// refused with 408, and nothing is forwarded. (Served without a server
+// here, the handler ends the read by closing the body, as it does on
+// HTTP/3; HTTP/1 and HTTP/2 use a read deadline, tested in
+// integration_test.go.)
+func TestBodyTimeout(t *testing.T) {
+	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}, BodyTimeout: caddy.Duration(100 * time.Millisecond)})
+	body := []byte(`{"type":"response.completed"}`)
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	go func() { _, _ = pw.Write(body[:5]) }() // then nothing
+	r := signedRequest(t, "wh_trickle", body, time.Now())
+	r.Body = pr
+	got, err := serve(h, r)
+	if statusOf(err) != http.StatusRequestTimeout || got.calls != 0 {
+		t.Fatalf("a stalled body: %v with %d forwards, want 408 and none", err, got.calls)
 	}
 }

@@ -18,16 +18,28 @@ import (
 // returns the status the client sees (from the response or the error).
 func deliver(t *testing.T, h *Handler, id string, next caddyhttp.Handler) int {
 	t.Helper()
+	return deliverWithin(t, context.Background(), h, id, next)
+}
+
+// deliverWithin is deliver with the request's context: its cancellation is
+// the sender hanging up.
+func deliverWithin(t *testing.T, ctx context.Context, h *Handler, id string, next caddyhttp.Handler) int {
+	t.Helper()
 	r := signedRequest(t, id, []byte(`{"type":"response.completed"}`), time.Now())
-	r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
+	r = r.WithContext(context.WithValue(ctx, caddy.ReplacerCtxKey, caddy.NewReplacer()))
 	w := httptest.NewRecorder()
-	if err := h.ServeHTTP(w, r, next); err != nil {
-		if status := statusOf(err); status != 0 {
-			return status
-		}
+	w.Code = 0 // so a status written before an error shows
+	err := h.ServeHTTP(w, r, next)
+	switch {
+	case w.Code != 0: // the status went out, whatever came after
+		return w.Code
+	case err == nil:
+		return http.StatusOK
+	case statusOf(err) != 0:
+		return statusOf(err)
+	default:
 		return http.StatusBadGateway // a proxy error Caddy turns into 502
 	}
-	return w.Code
 }
 
 // app answers every request with status and counts calls.
@@ -39,11 +51,10 @@ type app struct {
 
 func (a *app) ServeHTTP(w http.ResponseWriter, _ *http.Request) error {
 	a.calls++
-	if a.err != nil {
-		return a.err
+	if a.status != 0 {
+		w.WriteHeader(a.status)
 	}
-	w.WriteHeader(a.status)
-	return nil
+	return a.err
 }
 
 func TestReplayRefusal(t *testing.T) {
@@ -59,6 +70,11 @@ func TestReplayRefusal(t *testing.T) {
 		{name: "app 500, retry forwarded", first: app{status: 500}, wantFirst: 500, second: 200, reaches: 2},
 		{name: "app 404, retry forwarded", first: app{status: 404}, wantFirst: 404, second: 200, reaches: 2},
 		{name: "proxy error, retry forwarded", first: app{err: caddyhttp.Error(502, errors.New("dial refused"))}, wantFirst: 502, second: 200, reaches: 2},
+		// reverse_proxy reports an answer the app cut short as an error,
+		// after the status went out: the app said 2xx, so it has the event.
+		{name: "2xx cut short", first: app{status: 200, err: errors.New("reading from upstream: unexpected EOF")}, wantFirst: 200, second: 200, reaches: 1},
+		{name: "204 cut short", first: app{status: 204, err: errors.New("reading from upstream: unexpected EOF")}, wantFirst: 204, second: 200, reaches: 1},
+		{name: "500 cut short", first: app{status: 500, err: errors.New("reading from upstream: unexpected EOF")}, wantFirst: 500, second: 200, reaches: 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}})
@@ -87,19 +103,49 @@ func TestReplayInFlightGets409(t *testing.T) {
 		w.WriteHeader(200)
 		return nil
 	})
-	done := make(chan int)
+	done := make(chan int, 1)
 	go func() { done <- deliver(t, h, "wh_inflight", slow) }()
-	<-entered
+	select {
+	case <-entered:
+	case <-time.After(waitBound):
+		t.Fatal("the first delivery never reached the app")
+	}
 	never := &app{status: 200}
 	if got := deliver(t, h, "wh_inflight", never); got != http.StatusConflict || never.calls != 0 {
 		t.Fatalf("concurrent duplicate: %d with %d calls, want 409 and none", got, never.calls)
 	}
 	close(release)
-	if got := <-done; got != 200 {
-		t.Fatalf("first delivery: %d", got)
+	select {
+	case got := <-done:
+		if got != 200 {
+			t.Fatalf("first delivery: %d", got)
+		}
+	case <-time.After(waitBound):
+		t.Fatal("the first delivery never finished")
 	}
 	if got := deliver(t, h, "wh_inflight", never); got != 200 || never.calls != 0 {
 		t.Fatalf("after delivery: %d with %d calls, want 200 and none", got, never.calls)
+	}
+}
+
+// waitBound bounds a test's wait for another goroutine; it asserts nothing.
+const waitBound = time.Minute
+
+// TestReplaySenderGoneKeepsLease: when the sender hangs up before the app
+// answered, the app may still be working on the delivery, so the id stays
+// in flight (the sender's retry gets 409) until its lease ends.
+func TestReplaySenderGoneKeepsLease(t *testing.T) {
+	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}})
+	ctx, hangUp := context.WithCancel(context.Background())
+	abandoned := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		hangUp()
+		<-r.Context().Done()
+		return caddyhttp.Error(499, r.Context().Err()) // as reverse_proxy reports it
+	})
+	deliverWithin(t, ctx, h, "wh_gone", abandoned)
+	retry := &app{status: 200}
+	if got := deliver(t, h, "wh_gone", retry); got != http.StatusConflict || retry.calls != 0 {
+		t.Fatalf("a retry right after the sender hung up: %d with %d calls, want 409 and none", got, retry.calls)
 	}
 }
 

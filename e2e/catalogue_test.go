@@ -70,9 +70,12 @@ type probe struct {
 	// outcome is what the handler counts the request as (see metrics.go);
 	// "" when Go's HTTP server answers before any handler runs.
 	outcome string
-	// unread marks a refusal made before the body is read besides those
-	// counted as malformed, stale or method_not_allowed, which all are.
-	unread bool
+	// closes marks a refusal whose connection is closed after the answer:
+	// its body was withheld (the gateway reads what is left of a refused
+	// body before answering, and gives up on one that does not come), was
+	// too long to read, or was invited by Expect: 100-continue. A raw
+	// probe refused otherwise keeps its connection.
+	closes bool
 	// clock marks a probe whose verdict depends on the second the gateway
 	// reads its clock in (timestamps at the tolerance's edge): run retries
 	// it, with a new id, until the test's own clock read the same second
@@ -90,6 +93,7 @@ type sent struct {
 	resp    *http.Response // nil after a hang-up
 	answer  []byte         // resp's body
 	payload []byte         // the request body signed: what an accepted probe must deliver
+	raw     bool           // sent byte for byte on a connection that asked for no close
 	// check, if set, checks more of what the upstream recorded of an
 	// accepted probe.
 	check func(t *testing.T, r record)
@@ -158,12 +162,15 @@ func (c *catalogue) check(t *testing.T, p probe, s sent, reached []record, outco
 	if s.resp != nil && s.resp.StatusCode == http.StatusMethodNotAllowed && s.resp.Header.Get("Allow") != http.MethodPost {
 		t.Errorf("Allow: %q, want POST", s.resp.Header.Get("Allow"))
 	}
-	// A refusal made before the body is read closes the connection
-	// (docs/verification.md). Go's client asks for that itself (it keeps
-	// no connection alive here), so only raw probes tell.
-	unread := p.unread || p.outcome == outcomeMalformed || p.outcome == outcomeStale || p.outcome == outcomeMethod
-	if unread && !s.resp.Close {
-		t.Errorf("a refusal before the body kept the connection open")
+	// A refused body the sender did send is read before the answer, so
+	// the connection stays usable; one that cannot be read is closed
+	// (docs/security.md). Go's client asks for a close itself (it keeps no
+	// connection alive here), so only raw probes tell.
+	if s.raw && s.resp != nil && p.outcome != "" && p.status >= 400 {
+		wantClose := p.closes || p.outcome == outcomeUnread
+		if s.resp.Close != wantClose {
+			t.Errorf("connection closed after the answer: %v, want %v", s.resp.Close, wantClose)
+		}
 	}
 
 	if p.outcome != outcomeForwarded {
@@ -235,7 +242,7 @@ func (c *catalogue) raw(t *testing.T, hdr []string, tail []byte, end rawEnd, pay
 func (c *catalogue) rawLine(t *testing.T, requestLine string, hdr []string, tail []byte, end rawEnd, payload []byte) sent {
 	t.Helper()
 	resp := sendRaw(t, c.gw.addr, rawMessage(requestLine, c.gw.addr, hdr, tail), end)
-	s := sent{resp: resp, payload: payload}
+	s := sent{resp: resp, payload: payload, raw: end == readAnswer && strings.HasSuffix(requestLine, "HTTP/1.1")}
 	if resp != nil {
 		s.answer, _ = io.ReadAll(resp.Body) // read into memory by sendRaw
 	}
@@ -294,6 +301,14 @@ func (c *catalogue) refused() []probe {
 				body, ts := event(id), unix(now)
 				g := good(id, ts, body)
 				return c.raw(t, edit(lines(id, ts, g, body), id, ts, g), body, readAnswer, body)
+			}}
+	}
+	// rawFraming probes a genuine delivery with extra header lines.
+	rawFraming := func(name string, extra ...string) probe {
+		return probe{name: name, status: http.StatusBadRequest, outcome: outcomeFraming,
+			send: func(t *testing.T, id string, now time.Time) sent {
+				body, ts := event(id), unix(now)
+				return c.raw(t, append(lines(id, ts, good(id, ts, body), body), extra...), body, readAnswer, body)
 			}}
 	}
 	method := func(m string) probe {
@@ -491,8 +506,8 @@ func (c *catalogue) refused() []probe {
 				tampered := bytes.ToUpper(body)
 				return c.do(t, sendChunked(c.gw.delivery(t, id, now, body), tampered), tampered)
 			}},
-		// Go's server drains so short an excess and keeps the connection,
-		// so the sender reliably reads its 413.
+		// The gateway reads what is left of a refused body before it
+		// answers, so the sender reliably reads its 413.
 		{name: "max_size+1 with Content-Length", status: http.StatusRequestEntityTooLarge, outcome: outcomeTooLarge,
 			send: func(t *testing.T, id string, now time.Time) sent {
 				return c.do(t, c.gw.delivery(t, id, now, bigBody), bigBody)
@@ -501,31 +516,30 @@ func (c *catalogue) refused() []probe {
 			send: func(t *testing.T, id string, now time.Time) sent {
 				return c.do(t, sendChunked(c.gw.delivery(t, id, now, bigBody), bigBody), bigBody)
 			}},
-		// A refusal that needs no body comes before any is sent, with
-		// Connection: close, so the server neither reads the body nor
-		// waits for it (docs/verification.md); here the client never
-		// sends it.
-		{name: "Content-Length of 10 GB, body withheld", status: http.StatusRequestEntityTooLarge, outcome: outcomeTooLarge, unread: true,
+		// A body too long to read, or one that does not come, ends the
+		// connection after the answer (docs/security.md); here the client
+		// never sends it.
+		{name: "Content-Length of 10 GB, body withheld", status: http.StatusRequestEntityTooLarge, outcome: outcomeTooLarge, closes: true,
 			send: func(t *testing.T, id string, now time.Time) sent {
 				body := event(id)
 				hdr := replace(lines(id, unix(now), good(id, unix(now), body), body), "Content-Length:", "Content-Length: 10000000000")
 				return c.raw(t, hdr, nil, readAnswer, body)
 			}},
-		{name: "unsigned, 1 MiB announced, body withheld", status: http.StatusUnauthorized, outcome: outcomeMalformed,
+		{name: "unsigned, 1 MiB announced, body withheld", status: http.StatusUnauthorized, outcome: outcomeMalformed, closes: true,
 			send: func(t *testing.T, id string, now time.Time) sent {
 				return c.raw(t, []string{"Content-Length: 1048576"}, nil, readAnswer, nil)
 			}},
 		// The first answer to a request expecting 100 Continue is the
 		// refusal, never 100 Continue, whether the client waits for it
 		// before sending the body or, as RFC 9110 allows, does not.
-		{name: "Expect 100-continue, stale, body withheld", status: http.StatusUnauthorized, outcome: outcomeStale,
+		{name: "Expect 100-continue, stale, body withheld", status: http.StatusUnauthorized, outcome: outcomeStale, closes: true,
 			send: func(t *testing.T, id string, now time.Time) sent {
 				body := event(id)
 				ts := strconv.FormatInt(now.Unix()-3600, 10)
 				hdr := append(lines(id, ts, good(id, ts, body), body), "Expect: 100-continue")
 				return c.raw(t, hdr, nil, readAnswer, body)
 			}},
-		{name: "Expect 100-continue, stale, body sent at once", status: http.StatusUnauthorized, outcome: outcomeStale,
+		{name: "Expect 100-continue, stale, body sent at once", status: http.StatusUnauthorized, outcome: outcomeStale, closes: true,
 			send: func(t *testing.T, id string, now time.Time) sent {
 				body := event(id)
 				ts := strconv.FormatInt(now.Unix()-3600, 10)
@@ -572,6 +586,13 @@ func (c *catalogue) refused() []probe {
 				body := event(id)
 				return c.raw(t, lines(id, unix(now), good(id, unix(now), body), body), nil, hangUp, body)
 			}},
+
+		// ---- framing that would carry more or less than the verified request ----
+		rawFraming("Connection: Upgrade to websocket", "Connection: Upgrade", "Upgrade: websocket", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13"),
+		rawFraming("Upgrade to h2c", "Connection: Upgrade, HTTP2-Settings", "Upgrade: h2c", "HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA"),
+		rawFraming("Upgrade without Connection", "Upgrade: websocket"),
+		rawFraming("Connection names webhook-signature", "Connection: webhook-signature"),
+		rawFraming("Connection names webhook-id and webhook-timestamp", "Connection: keep-alive, Webhook-Id, webhook-timestamp"),
 
 		// ---- framing Go's HTTP server refuses before any handler ----
 		{name: "two different Content-Lengths", status: http.StatusBadRequest,

@@ -116,7 +116,9 @@ func caddyBinary(t *testing.T, ctx context.Context, root string) string {
 	defer cancel()
 	var log bytes.Buffer
 	start := time.Now()
-	bin, err := caddybuild.Cached(ctx, root, &log)
+	// Under go test -race, Caddy runs with the race detector too, so the
+	// reload, fault and hostile tests catch races in the handler.
+	bin, err := caddybuild.Cached(ctx, root, caddybuild.Options{Race: raceEnabled}, &log)
 	if err != nil {
 		t.Fatalf("building Caddy: %v\n%s", err, log.Bytes())
 	}
@@ -481,6 +483,9 @@ const (
 	outcomeBadSig    = "bad_signature"
 	outcomeTooLarge  = "too_large"
 	outcomeUnread    = "unreadable_body"
+	outcomeTimeout   = "body_timeout"
+	outcomeOverload  = "overloaded"
+	outcomeFraming   = "bad_framing"
 	outcomeMethod    = "method_not_allowed"
 )
 
@@ -557,6 +562,9 @@ func start(t *testing.T, cmd *exec.Cmd, name, addr string) (*syncBuffer, <-chan 
 		default:
 			_ = cmd.Process.Kill()
 			<-exited
+		}
+		if strings.Contains(output.String(), "WARNING: DATA RACE") {
+			t.Errorf("%s found a data race", name)
 		}
 		if t.Failed() {
 			t.Logf("%s output:\n%s", name, output)

@@ -83,9 +83,15 @@ func TestLogHygiene(t *testing.T) {
 type logProbe struct {
 	gw     *caddyServer
 	up     *upstream
-	marker string   // in every body sent
+	marker string   // in every body sent, and in every id
 	n      int      // bodies made
 	sigs   []string // every MAC sent, base64
+}
+
+// id returns the webhook-id name of this probe: the suffix keeps probes
+// that share an upstream from seeing each other's records.
+func (l *logProbe) id(name string) string {
+	return name + "_" + strings.TrimPrefix(l.marker, "BODY-MARKER-")
 }
 
 // body returns a new body with the marker.
@@ -134,58 +140,63 @@ func (l *logProbe) sendAll(t *testing.T) {
 
 	// Genuine deliveries, and a repeat of one.
 	delivered := l.body()
-	deliver(t, signed("msg_log_ok_1", ts, delivered)).checkBody(t, delivered)
+	deliver(t, signed(l.id("msg_log_ok_1"), ts, delivered)).checkBody(t, delivered)
 	b := l.body()
-	deliver(t, sendChunked(signed("msg_log_ok_2", ts, b), b)).checkBody(t, b)
-	l.expect(t, signed("msg_log_ok_1", ts, delivered), http.StatusOK) // duplicate
+	deliver(t, sendChunked(signed(l.id("msg_log_ok_2"), ts, b), b)).checkBody(t, b)
+	l.expect(t, signed(l.id("msg_log_ok_1"), ts, delivered), http.StatusOK) // duplicate
 
 	// Missing, repeated and malformed headers.
 	for _, name := range []string{"webhook-id", "webhook-timestamp", "webhook-signature"} {
-		r := signed("msg_log_missing", ts, l.body())
+		r := signed(l.id("msg_log_missing"), ts, l.body())
 		r.Header.Del(name)
 		l.expect(t, r, http.StatusUnauthorized)
 	}
-	raw("msg_log_repeated", http.StatusUnauthorized, func(hdr []string) []string {
+	raw(l.id("msg_log_repeated"), http.StatusUnauthorized, func(hdr []string) []string {
 		return append(hdr, hdr[2]) // webhook-signature twice
 	}, readAnswer)
-	l.expect(t, signed("msg_log.malformed_id", ts, l.body()), http.StatusUnauthorized)
-	l.expect(t, signed("msg_log_malformed_ts", "0"+ts, l.body()), http.StatusUnauthorized)
+	l.expect(t, signed(l.id("msg_log.malformed_id"), ts, l.body()), http.StatusUnauthorized)
+	l.expect(t, signed(l.id("msg_log_malformed_ts"), "0"+ts, l.body()), http.StatusUnauthorized)
 	body := l.body()
-	l.expect(t, req("msg_log_malformed_sig", ts, "v1a,"+strings.TrimPrefix(l.sig(webhooktest.Secret, "msg_log_malformed_sig", ts, body), "v1,"), body), http.StatusUnauthorized)
+	l.expect(t, req(l.id("msg_log_malformed_sig"), ts, "v1a,"+strings.TrimPrefix(l.sig(webhooktest.Secret, l.id("msg_log_malformed_sig"), ts, body), "v1,"), body), http.StatusUnauthorized)
 	body = l.body()
-	many := strings.Repeat(zeroEntry+" ", 16) + l.sig(webhooktest.Secret, "msg_log_many", ts, body)
-	l.expect(t, req("msg_log_many", ts, many, body), http.StatusUnauthorized)
+	many := strings.Repeat(zeroEntry+" ", 16) + l.sig(webhooktest.Secret, l.id("msg_log_many"), ts, body)
+	l.expect(t, req(l.id("msg_log_many"), ts, many, body), http.StatusUnauthorized)
 
 	// Stale either way, and signatures that do not match.
-	l.expect(t, signed("msg_log_old", strconv.FormatInt(now.Unix()-3600, 10), l.body()), http.StatusUnauthorized)
-	l.expect(t, signed("msg_log_new", strconv.FormatInt(now.Unix()+3600, 10), l.body()), http.StatusUnauthorized)
+	l.expect(t, signed(l.id("msg_log_old"), strconv.FormatInt(now.Unix()-3600, 10), l.body()), http.StatusUnauthorized)
+	l.expect(t, signed(l.id("msg_log_new"), strconv.FormatInt(now.Unix()+3600, 10), l.body()), http.StatusUnauthorized)
 	body = l.body()
-	l.expect(t, req("msg_log_tampered", ts, l.sig(webhooktest.Secret, "msg_log_tampered", ts, body), l.body()), http.StatusUnauthorized)
+	l.expect(t, req(l.id("msg_log_tampered"), ts, l.sig(webhooktest.Secret, l.id("msg_log_tampered"), ts, body), l.body()), http.StatusUnauthorized)
 	body = l.body()
-	l.expect(t, req("msg_log_other_secret", ts, l.sig(secretC, "msg_log_other_secret", ts, body), body), http.StatusUnauthorized)
+	l.expect(t, req(l.id("msg_log_other_secret"), ts, l.sig(secretC, l.id("msg_log_other_secret"), ts, body), body), http.StatusUnauthorized)
 
 	// Bodies too large, or cut short.
 	big := append(l.body(), randomBytes(maxSize)...)
-	l.expect(t, signed("msg_log_large", ts, big), http.StatusRequestEntityTooLarge)
-	l.expect(t, sendChunked(signed("msg_log_large_chunked", ts, big), big), http.StatusRequestEntityTooLarge)
-	raw("msg_log_truncated", http.StatusBadRequest, func(hdr []string) []string {
+	l.expect(t, signed(l.id("msg_log_large"), ts, big), http.StatusRequestEntityTooLarge)
+	l.expect(t, sendChunked(signed(l.id("msg_log_large_chunked"), ts, big), big), http.StatusRequestEntityTooLarge)
+	raw(l.id("msg_log_truncated"), http.StatusBadRequest, func(hdr []string) []string {
 		return replace(hdr, "Content-Length:", "Content-Length: 1000") // more than sent
 	}, halfClose)
 
+	// A delivery whose signature headers would not reach the app.
+	framed := signed(l.id("msg_log_framing"), ts, l.body())
+	framed.Header.Set("Connection", "webhook-signature")
+	l.expect(t, framed, http.StatusBadRequest)
+
 	// Wrong method.
-	get := signed("msg_log_get", ts, l.body())
+	get := signed(l.id("msg_log_get"), ts, l.body())
 	get.Method = http.MethodGet
 	l.expect(t, get, http.StatusMethodNotAllowed)
 
 	// An id in flight: 409. The held forward must outlast the time this
 	// takes on a loaded machine, hence the proxy's 6s timeout.
-	l.sigs = append(l.sigs, mac(webhooktest.Secret, "msg_log_held", ts, event("msg_log_held"))) // hold's
-	release := hold(t, gw, l.up, "msg_log_held", now)
-	l.expect(t, signed("msg_log_held", ts, l.body()), http.StatusConflict)
+	l.sigs = append(l.sigs, mac(webhooktest.Secret, l.id("msg_log_held"), ts, event(l.id("msg_log_held")))) // hold's
+	release := hold(t, gw, l.up, l.id("msg_log_held"), now)
+	l.expect(t, signed(l.id("msg_log_held"), ts, l.body()), http.StatusConflict)
 	release()
 
 	// A forward that fails: 504, logged at ERROR by Caddy.
-	slow := signed("msg_log_slow", ts, l.body())
+	slow := signed(l.id("msg_log_slow"), ts, l.body())
 	slow.Header.Set("X-Upstream-Delay", "7")
 	l.expect(t, slow, http.StatusGatewayTimeout)
 }
@@ -209,6 +220,7 @@ var refusals = []struct {
 	{401, "no webhook-signature entry matches"},
 	{413, "body exceeds max_size"},
 	{400, "reading body"},
+	{400, "request framing refused: the Connection header names webhook-signature"},
 	{405, "method not allowed"},
 	{409, "a delivery with this webhook-id is being forwarded"},
 }

@@ -75,6 +75,15 @@ func LoadConfig(root string) (*Config, error) {
 	return &cfg, nil
 }
 
+// Options vary how Caddy is built.
+type Options struct {
+	// Race builds Caddy with the race detector (xcaddy's
+	// XCADDY_RACE_DETECTOR), so tests that drive the binary also catch data
+	// races in the plugin; such a Caddy reports one on standard error with
+	// "WARNING: DATA RACE".
+	Race bool
+}
+
 // FindRoot returns the nearest directory at or above dir that holds
 // xcaddy.json, so tools work from any directory of the repository.
 func FindRoot(dir string) (string, error) {
@@ -94,9 +103,10 @@ func FindRoot(dir string) (string, error) {
 	}
 }
 
-// Build builds Caddy as root/xcaddy.json says and writes the binary to
-// output. The go and xcaddy commands' output goes to log, which may be nil.
-func Build(ctx context.Context, root, output string, log io.Writer) error {
+// Build builds Caddy as root/xcaddy.json and opts say and writes the binary
+// to output. The go and xcaddy commands' output goes to log, which may be
+// nil.
+func Build(ctx context.Context, root, output string, opts Options, log io.Writer) error {
 	if log == nil {
 		log = io.Discard
 	}
@@ -160,6 +170,9 @@ func Build(ctx context.Context, root, output string, log io.Writer) error {
 	xcaddy := exec.CommandContext(ctx, filepath.Join(bin, exe("xcaddy")), args...)
 	xcaddy.Dir = bin // xcaddy must not mistake the working directory for a plugin
 	xcaddy.Env = env
+	if opts.Race {
+		xcaddy.Env = append(env, "XCADDY_RACE_DETECTOR=1")
+	}
 	xcaddy.Stdout, xcaddy.Stderr = log, log
 	// On cancellation xcaddy stops its go build on SIGINT, waiting up to 15s
 	// for it; kill it only if that fails.
@@ -180,12 +193,13 @@ const localVersion = "v0.0.0-00010101000000-000000000000"
 const cacheKeep = 4
 
 // Cached returns the path of a Caddy binary built from root's current
-// sources, building it only if the user cache (os.UserCacheDir) has none
-// yet. The cache key covers xcaddy.json, the Go toolchain and, for each
+// sources with opts, building it only if the user cache (os.UserCacheDir)
+// has none yet. The cache key covers opts, xcaddy.json, the Go toolchain
+// and, for each
 // plugin built from a local directory, its go.mod, go.sum and every non-test
 // Go file and embedded file, so any change to what goes into the binary
 // rebuilds it. Build output goes to log, which may be nil.
-func Cached(ctx context.Context, root string, log io.Writer) (string, error) {
+func Cached(ctx context.Context, root string, opts Options, log io.Writer) (string, error) {
 	if log == nil {
 		log = io.Discard
 	}
@@ -197,7 +211,7 @@ func Cached(ctx context.Context, root string, log io.Writer) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	key, err := cacheKey(ctx, root, cfg)
+	key, err := cacheKey(ctx, root, cfg, opts)
 	if err != nil {
 		return "", err
 	}
@@ -223,7 +237,7 @@ func Cached(ctx context.Context, root string, log io.Writer) (string, error) {
 	defer os.RemoveAll(tmp)
 	fmt.Fprintf(log, "caddybuild: building %s (a cold build takes minutes)\n", path)
 	built := filepath.Join(tmp, exe("caddy"))
-	if err := Build(ctx, root, built, log); err != nil {
+	if err := Build(ctx, root, built, opts, log); err != nil {
 		return "", err
 	}
 	// A rename is atomic, so a concurrent run finds either no binary or a
@@ -236,9 +250,10 @@ func Cached(ctx context.Context, root string, log io.Writer) (string, error) {
 }
 
 // cacheKey hashes everything that decides what Build produces.
-func cacheKey(ctx context.Context, root string, cfg *Config) (string, error) {
+func cacheKey(ctx context.Context, root string, cfg *Config, opts Options) (string, error) {
 	h := sha256.New()
 	fmt.Fprintln(h, "caddybuild 1") // changed when Build changes what it builds
+	fmt.Fprintf(h, "race %v\n", opts.Race)
 	goenv, err := exec.CommandContext(ctx, "go", "env", "GOVERSION", "GOOS", "GOARCH").Output()
 	if err != nil {
 		return "", fmt.Errorf("go env: %w", err)

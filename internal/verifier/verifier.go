@@ -122,7 +122,8 @@ type Message struct {
 	v    *Verifier
 	macs []hash.Hash
 	sigs [MaxSignatures][sha256.Size]byte
-	n    int // entries in sigs
+	n    int   // entries in sigs
+	sent int64 // webhook-timestamp
 	// Scratch space that would escape to the heap if it were on the stack,
 	// since hash.Hash methods take it through an interface.
 	prefix [MaxIDLen + 1 + MaxTimestampLen + 1]byte
@@ -135,10 +136,12 @@ func (v *Verifier) Begin(h Headers) (*Message, error) {
 	if err := CheckID(h.ID); err != nil {
 		return nil, err
 	}
-	if err := v.checkTimestamp(h.Timestamp); err != nil {
+	sent, err := v.checkTimestamp(h.Timestamp)
+	if err != nil {
 		return nil, err
 	}
 	m := v.messages.Get().(*Message)
+	m.sent = sent
 	n, err := parseSignatures(h.Signature, &m.sigs)
 	if err != nil {
 		v.messages.Put(m)
@@ -163,7 +166,10 @@ func (m *Message) Write(p []byte) (int, error) {
 }
 
 // Finish reports whether any signature entry matches the body written so far
-// under any key, comparing in constant time, and releases the Message.
+// under any key, comparing in constant time, and whether the timestamp is
+// still within the tolerance now that the body is complete: a body sent
+// slowly must not stretch a delivery's freshness window. It releases the
+// Message.
 func (m *Message) Finish() error {
 	match := 0
 	for _, mac := range m.macs {
@@ -172,18 +178,19 @@ func (m *Message) Finish() error {
 			match |= subtle.ConstantTimeCompare(sum, m.sigs[i][:])
 		}
 	}
+	v, sent := m.v, m.sent
 	m.Discard()
 	if match != 1 {
 		return ErrNoMatchingSignature
 	}
-	return nil
+	return v.checkFreshness(sent)
 }
 
 // Discard releases the Message without a verdict, e.g. when the body could
 // not be read.
 func (m *Message) Discard() {
 	m.sigs = [MaxSignatures][sha256.Size]byte{}
-	m.n = 0
+	m.n, m.sent = 0, 0
 	m.v.messages.Put(m)
 }
 
@@ -244,11 +251,24 @@ func ParseTimestamp(ts string) (int64, error) {
 	return n, nil
 }
 
-func (v *Verifier) checkTimestamp(ts string) error {
+// CheckTimestamp reports whether ts is a well-formed webhook-timestamp
+// within the tolerance of the current time.
+func (v *Verifier) CheckTimestamp(ts string) error {
+	_, err := v.checkTimestamp(ts)
+	return err
+}
+
+func (v *Verifier) checkTimestamp(ts string) (int64, error) {
 	sent, err := ParseTimestamp(ts)
 	if err != nil {
-		return err
+		return 0, err
 	}
+	return sent, v.checkFreshness(sent)
+}
+
+// checkFreshness reports whether sent is within the tolerance of now, in
+// whole seconds as the reference libraries judge it.
+func (v *Verifier) checkFreshness(sent int64) error {
 	now := v.now().Unix()
 	// Unsigned differences are exact for any two int64s, whatever the clock says.
 	if sent < now && uint64(now)-uint64(sent) > uint64(v.toleranceSeconds) {

@@ -262,3 +262,45 @@ func TestFreshnessAtExtremeClocks(t *testing.T) {
 		}
 	}
 }
+
+// TestFreshnessJudgedWhenBodyEnds: a sender who sends the headers in time
+// and the body slowly must not stretch the freshness window. Begin judges
+// the timestamp when the headers arrive, Finish again when the body has
+// been read.
+func TestFreshnessJudgedWhenBodyEnds(t *testing.T) {
+	key := mustKey(t, webhooktest.Secret)
+	sent := time.Unix(1_750_000_000, 0)
+	body := []byte(`{"type":"response.completed"}`)
+	h := Headers{ID: "msg_slow", Timestamp: strconv.FormatInt(sent.Unix(), 10),
+		Signature: webhooktest.Sign(t, webhooktest.Secret, "msg_slow", sent, body)}
+	for _, tc := range []struct {
+		name       string
+		bodyTakes  time.Duration // from the headers to the end of the body
+		headersAge time.Duration // how old the timestamp is when the headers arrive
+		want       error
+	}{
+		{"in time", time.Second, 0, nil},
+		{"ends exactly at the tolerance", 5 * time.Minute, 0, nil},
+		{"ends a second past the tolerance", 5*time.Minute + time.Second, 0, ErrTimestampTooOld},
+		{"headers late in the window, body slow", 3 * time.Second, 5*time.Minute - 2*time.Second, ErrTimestampTooOld},
+		{"signed ahead of the clock, body slow", 20 * time.Second, -5 * time.Minute, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			now := sent.Add(tc.headersAge)
+			v, err := New(Config{Keys: [][]byte{key}, Tolerance: DefaultTolerance, Now: func() time.Time { return now }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, err := v.Begin(h)
+			if err != nil {
+				t.Fatalf("Begin: %v", err)
+			}
+			_, _ = m.Write(body[:5])
+			now = now.Add(tc.bodyTakes)
+			_, _ = m.Write(body[5:])
+			if err := m.Finish(); !errors.Is(err, tc.want) {
+				t.Fatalf("Finish: %v, want %v", err, tc.want)
+			}
+		})
+	}
+}

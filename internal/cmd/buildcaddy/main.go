@@ -4,6 +4,7 @@
 //
 //	go run ./internal/cmd/buildcaddy          # prints the cached binary's path
 //	go run ./internal/cmd/buildcaddy -o PATH  # also copies it to PATH
+//	go run ./internal/cmd/buildcaddy -race    # with the race detector
 //
 // It works from any directory of the repository. Build output goes to
 // standard error.
@@ -23,6 +24,7 @@ import (
 
 func main() {
 	output := flag.String("o", "", "copy the binary to this `path` and print it instead of the cached one")
+	race := flag.Bool("race", false, "build with the race detector")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		flag.Usage()
@@ -30,7 +32,7 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	path, err := run(ctx, *output)
+	path, err := run(ctx, *output, caddybuild.Options{Race: *race})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "buildcaddy:", err)
 		os.Exit(1)
@@ -38,12 +40,12 @@ func main() {
 	fmt.Println(path)
 }
 
-func run(ctx context.Context, output string) (string, error) {
+func run(ctx context.Context, output string, opts caddybuild.Options) (string, error) {
 	root, err := caddybuild.FindRoot(".")
 	if err != nil {
 		return "", err
 	}
-	path, err := caddybuild.Cached(ctx, root, os.Stderr)
+	path, err := caddybuild.Cached(ctx, root, opts, os.Stderr)
 	if err != nil || output == "" {
 		return path, err
 	}
