@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -40,6 +41,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_unverified <size>
 //		replay_window   <duration>|off
 //		replay_capacity <count>
+//		replay_store    <module> [{ <module options> }]
 //	}
 //
 // secret may be repeated; every secret given is accepted.
@@ -73,6 +75,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.ReplayWindow, err = parseArg(d, parseReplayWindow)
 		case "replay_capacity":
 			h.ReplayCapacity, err = parseArg(d, parseCount)
+		case "replay_store":
+			if err := h.unmarshalReplayStore(d); err != nil {
+				return err
+			}
 		default:
 			if strings.HasPrefix(name, verifier.SecretPrefix) {
 				return d.Err("unrecognized openai_webhook subdirective that looks like a secret: write secret <secret>")
@@ -82,6 +88,28 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		if err != nil {
 			return d.Errf("%s: %v", name, err)
 		}
+	}
+	return nil
+}
+
+// unmarshalReplayStore reads `replay_store <module> [{...}]` into the
+// handler's replay_store, the module parsing its own block.
+func (h *Handler) unmarshalReplayStore(d *caddyfile.Dispenser) error {
+	if !d.NextArg() {
+		return d.Err("replay_store: the store's name (memory, redis, ...) is missing")
+	}
+	if h.ReplayStoreRaw != nil {
+		return d.Err("replay_store: given twice")
+	}
+	name := d.Val()
+	store, err := caddyfile.UnmarshalModule(d, "http.handlers.openai_webhook.replay_stores."+name)
+	if err != nil {
+		return err
+	}
+	var warnings []caddyconfig.Warning
+	h.ReplayStoreRaw = caddyconfig.JSONModuleObject(store, "backend", name, &warnings)
+	if len(warnings) > 0 {
+		return d.Errf("replay_store: %s", warnings[0].Message)
 	}
 	return nil
 }

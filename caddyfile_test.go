@@ -55,6 +55,38 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			input: "openai_webhook {env.A} {\n body_timeout 3s\n max_unverified 16MiB\n}",
 			want:  Handler{Secrets: []string{"{env.A}"}, BodyTimeout: caddy.Duration(3 * time.Second), MaxUnverified: 16 << 20},
 		},
+		{
+			name:  "memory store",
+			input: "openai_webhook {env.A} {\n replay_store memory {\n in_flight_ttl 2m\n }\n}",
+			want:  Handler{Secrets: []string{"{env.A}"}, ReplayStoreRaw: []byte(`{"backend":"memory","in_flight_ttl":120000000000}`)},
+		},
+		{
+			name: "redis store",
+			input: `openai_webhook {env.A} {
+				replay_store redis {
+					address    rediss://redis.internal:6380
+					username   {env.REDIS_USERNAME}
+					password   {env.REDIS_PASSWORD}
+					db         2
+					key_prefix hooks:
+					tls
+					tls_ca     /etc/caddy/redis-ca.pem
+					tls_server_name redis.internal
+					timeout    250ms
+					on_error   forward
+					in_flight_ttl 90s
+				}
+			}`,
+			want: Handler{Secrets: []string{"{env.A}"}, ReplayStoreRaw: []byte(`{"address":"rediss://redis.internal:6380","backend":"redis","db":2,` +
+				`"in_flight_ttl":90000000000,"key_prefix":"hooks:","on_error":"forward","password":"{env.REDIS_PASSWORD}","timeout":250000000,` +
+				`"tls":true,"tls_ca":"/etc/caddy/redis-ca.pem","tls_server_name":"redis.internal","username":"{env.REDIS_USERNAME}"}`)},
+		},
+		{name: "store without a name", input: "openai_webhook {\n replay_store\n}", wantErr: "the store's name"},
+		{name: "unknown store", input: "openai_webhook {\n replay_store etcd\n}", wantErr: "etcd"},
+		{name: "store twice", input: "openai_webhook {\n replay_store memory\n replay_store memory\n}", wantErr: "given twice"},
+		{name: "redis on_error", input: "openai_webhook {\n replay_store redis {\n on_error retry\n }\n}", wantErr: "on_error"},
+		{name: "redis unknown option", input: "openai_webhook {\n replay_store redis {\n cluster\n }\n}", wantErr: `unrecognized redis replay store option "cluster"`},
+		{name: "redis password with two values", input: "openai_webhook {\n replay_store redis {\n password pw-one-a81 pw-two-b72\n }\n}", wantErr: "password: takes exactly one value"},
 		{name: "body_timeout without a unit", input: "openai_webhook {\n body_timeout 10\n}", wantErr: "body_timeout"},
 		{name: "negative body_timeout", input: "openai_webhook {\n body_timeout -1s\n}", wantErr: "body_timeout"},
 		{name: "max_unverified zero", input: "openai_webhook {\n max_unverified 0\n}", wantErr: "max_unverified"},
@@ -86,7 +118,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			}
 			if strings.Join(got.Secrets, ",") != strings.Join(tc.want.Secrets, ",") || got.Tolerance != tc.want.Tolerance || got.MaxSize != tc.want.MaxSize ||
 				got.ReplayWindow != tc.want.ReplayWindow || got.ReplayCapacity != tc.want.ReplayCapacity ||
-				got.BodyTimeout != tc.want.BodyTimeout || got.MaxUnverified != tc.want.MaxUnverified {
+				got.BodyTimeout != tc.want.BodyTimeout || got.MaxUnverified != tc.want.MaxUnverified ||
+				string(got.ReplayStoreRaw) != string(tc.want.ReplayStoreRaw) {
 				t.Fatalf("got %+v, want %+v", got, tc.want)
 			}
 		})
@@ -153,7 +186,7 @@ func TestAdapt(t *testing.T) {
 
 // FuzzUnmarshalCaddyfile parses arbitrary openai_webhook blocks: it never
 // panics, what it accepts is within the ranges the parser promises, and no
-// error shows a value given to secret.
+// error shows a value given to secret or to a store's password.
 func FuzzUnmarshalCaddyfile(f *testing.F) {
 	for _, seed := range []string{
 		"{env.A}",
@@ -166,6 +199,8 @@ func FuzzUnmarshalCaddyfile(f *testing.F) {
 		"whsec_c2VjcmV0LXZhbHVlLW9mLWZ1enotc2VlZA== whsec_b3RoZXItc2VjcmV0LXZhbHVlLWZ1enotc2VlZA==",
 		"{\n whsec_c2VjcmV0LXZhbHVlLW9mLWZ1enotc2VlZA==\n}",
 		"a b c {\n}\n",
+		"{\n replay_store redis {\n address 127.0.0.1:6379\n password pw-fuzz-seed-1 pw-fuzz-seed-2\n db x\n }\n}",
+		"{\n replay_store memory {\n in_flight_ttl 0s\n }\n}",
 	} {
 		f.Add(seed)
 	}
@@ -184,7 +219,8 @@ func FuzzUnmarshalCaddyfile(f *testing.F) {
 				secrets = append(secrets, tokens[i].Text)
 			}
 			for i, tok := range tokens {
-				if i > 0 && tokens[i-1].Text == "secret" && tokens[i-1].Line == tok.Line || strings.HasPrefix(tok.Text, verifier.SecretPrefix) {
+				after := i > 0 && tokens[i-1].Line == tok.Line && (tokens[i-1].Text == "secret" || tokens[i-1].Text == "password")
+				if after || strings.HasPrefix(tok.Text, verifier.SecretPrefix) {
 					secrets = append(secrets, tok.Text)
 				}
 			}

@@ -5,6 +5,7 @@
 package openaiwebhook
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -20,8 +21,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
-	"github.com/webhookgate/caddy-openai-webhook/internal/replay"
 	"github.com/webhookgate/caddy-openai-webhook/internal/verifier"
+	"github.com/webhookgate/caddy-openai-webhook/replaystore"
 )
 
 func init() {
@@ -96,17 +97,25 @@ type Handler struct {
 	// replay refusal off.
 	ReplayWindow caddy.Duration `json:"replay_window,omitempty"`
 
-	// ReplayCapacity is the most delivered ids kept in memory; past it the
-	// oldest is forgotten early. Each costs about 64 bytes. Default: 100000.
+	// ReplayCapacity is the most delivered ids the memory store keeps;
+	// past it the oldest is forgotten early. Each costs about 64 bytes.
+	// Default: 100000.
 	ReplayCapacity int `json:"replay_capacity,omitempty"`
 
-	verifier   *verifier.Verifier
-	budget     *budget
-	budgetKey  string       // the handler's share of budgets
-	retryAfter string       // Retry-After of a 503, in seconds
-	replay     replay.Store // nil when replay refusal is off
-	replayKey  string       // the handler's share of replayStores
-	logger     *zap.Logger
+	// ReplayStoreRaw is where delivered ids are remembered: a module of
+	// the namespace http.handlers.openai_webhook.replay_stores, chosen by
+	// its "backend" field: "memory" (the default; one Caddy process, kept
+	// across reloads that keep a secret) or "redis" (a fleet; kept across
+	// restarts).
+	ReplayStoreRaw json.RawMessage `json:"replay_store,omitempty" caddy:"namespace=http.handlers.openai_webhook.replay_stores inline_key=backend"`
+
+	verifier    *verifier.Verifier
+	budget      *budget
+	budgetKey   string            // the handler's share of budgets
+	retryAfter  string            // Retry-After of a 503, in seconds
+	replay      replaystore.Store // nil when replay refusal is off
+	storeErrors *rateLimitedLog
+	logger      *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -131,6 +140,7 @@ func (pooledBudget) Destruct() error { return nil }
 // secret.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.storeErrors = new(rateLimitedLog)
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
@@ -174,7 +184,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.budget = shared.(pooledBudget).budget
-	return h.provisionReplay(keys)
+	return h.provisionReplay(ctx, keys)
 }
 
 // Validate checks that every setting is within its range.
@@ -221,18 +231,14 @@ func expandSecrets(secrets []string) ([][]byte, error) {
 	return keys, nil
 }
 
-// Cleanup releases the handler's shares of its budget and replay store.
+// Cleanup releases the handler's share of its budget. (Caddy cleans up the
+// replay store, a module it loaded for the handler.)
 func (h *Handler) Cleanup() error {
-	var errs []error
-	if h.budgetKey != "" {
-		_, err := budgets.Delete(h.budgetKey)
-		errs = append(errs, err)
+	if h.budgetKey == "" {
+		return nil
 	}
-	if h.replayKey != "" {
-		_, err := replayStores.Delete(h.replayKey)
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
+	_, err := budgets.Delete(h.budgetKey)
+	return err
 }
 
 // ServeHTTP verifies the request and, if it is genuine, passes it on.

@@ -242,11 +242,6 @@ func TestRefusesWithStatusAndForwardsNothing(t *testing.T) {
 			if got.calls != 0 {
 				t.Fatal("refused request reached the next handler")
 			}
-			// Caddy logs the request's headers with the refusal: the
-			// signature must be gone from them.
-			if _, ok := r.Header["Webhook-Signature"]; ok {
-				t.Error("a refused request still carries webhook-signature")
-			}
 		})
 	}
 	secretB64 := strings.TrimPrefix(webhooktest.Secret, "whsec_")

@@ -18,10 +18,6 @@ import (
 // never a secret, a signature or any of the body.
 func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, o outcome, reason error, id string) error {
 	requestsTotal.WithLabelValues(o.name).Inc()
-	// A refused request is never forwarded, so nothing needs its
-	// signature; without it, Caddy's own log lines of the request (the
-	// error log, the access log) hold none.
-	r.Header.Del("Webhook-Signature")
 	if o == outcomeOverloaded {
 		w.Header().Set("Retry-After", h.retryAfter)
 	}

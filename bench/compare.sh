@@ -108,31 +108,6 @@ start_caddy caddy "$WORK/Caddyfile" "$LIFETIME" "$PLAIN" "$HOOK" "$DIAG" "$ADMIN
 log "Caddy pid $CADDY_PID: plain 127.0.0.1:$PLAIN, webhook 127.0.0.1:$HOOK; upstream pid $UPSTREAM_PID on 127.0.0.1:$UP"
 sleep 1
 
-FAILED=()
-COMMANDS=()
-# measured RESULT_JSON CMD...: runs loadgen with CMD's arguments, reading
-# Caddy's CPU ticks and rchar around it; appends "ticks rchar" to the
-# result as .caddy.
-measured() {
-	local out=$1
-	shift
-	local t0 r0 t1 r1 status=0
-	local q
-	printf -v q '%q ' "$@"
-	COMMANDS+=("${q% }")
-	log "running: ${q% }"
-	t0=$(cpu_ticks "$CADDY_PID")
-	r0=$(rchar "$CADDY_PID")
-	run_loadgen "$out.raw" "${@:2}" || status=$?
-	t1=$(cpu_ticks "$CADDY_PID")
-	r1=$(rchar "$CADDY_PID")
-	jq --argjson ticks $((t1 - t0)) --argjson rchar $((r1 - r0)) --argjson hz "$CLK_TCK" \
-		'. + {caddy: {cpu_s: ($ticks / $hz), rchar: $rchar}}' "$out.raw" >"$out"
-	if [[ $status -ne 0 ]]; then
-		FAILED+=("$(jq -r '"\(.mode) \(.label // "") \(.size) B: \(.failures | join("; "))"' "$out")")
-	fi
-}
-
 # ---- 1. throughput -----------------------------------------------------
 if [[ " $PARTS " == *" throughput "* ]]; then
 	: >"$WORK/throughput.tsv"
@@ -246,11 +221,10 @@ if [[ " $PARTS " == *" refuse "* ]]; then
 	echo "-- refuse: $REFUSE_SIZE declared by Content-Length, against the webhook port; concurrency $CONCURRENCY"
 	printf '%-44s | %9s | %10s | %-12s | %12s | %12s | %16s | %6s | %s\n' kind requests requests/s statuses "Caddy µs CPU" "Caddy read B" "client wrote KiB" dials "upstream got"
 	awk -F'\t' '{ printf "%-44s | %9d | %10.0f | %-12s | %12.1f | %12.0f | %16.1f | %6d | %d requests, %d bytes\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 }' "$WORK/refuse.tsv"
-	echo "   (reset: the refusal closed the connection before the client, still writing its body, read the 401)"
+	echo "   (reset: the connection was reset before the client, still writing its body, read the 401)"
 	echo "   (per request: Caddy CPU from /proc/PID/stat utime+stime at ${CLK_TCK} Hz; Caddy read = /proc/PID/io rchar, all read(2)s of"
 	echo "    the process; client wrote = bytes the load generator's sockets accepted, kernel buffers included, not what Caddy read)"
-	echo "   (the diagnostic row runs on a server with read_body_idle -1s: Caddy's default 1m body idle timeout wraps the request"
-	echo "    body, after which net/http drains up to 256 KiB of an unread body before writing the refusal)"
+	echo "   (the diagnostic row runs on a server with read_body_idle -1s, without Caddy's default 1m body idle timeout)"
 fi
 
 if [[ " $PARTS " == *" memory "* ]]; then

@@ -189,3 +189,30 @@ run_loadgen() {
 	[[ $status -le 1 && -s $out ]] || die "loadgen failed to run (status $status): $(tail -n 3 "$WORK/loadgen.log")"
 	return "$status"
 }
+
+# The commands measured and the failures seen, for the scripts' reports.
+FAILED=()
+COMMANDS=()
+# measured RESULT_JSON CMD...: runs loadgen with CMD's arguments, reading
+# Caddy's CPU ticks and rchar around it; appends "ticks rchar" to the
+# result as .caddy.
+measured() {
+	local out=$1
+	shift
+	local t0 r0 t1 r1 status=0
+	local q
+	printf -v q '%q ' "$@"
+	COMMANDS+=("${q% }")
+	log "running: ${q% }"
+	t0=$(cpu_ticks "$CADDY_PID")
+	r0=$(rchar "$CADDY_PID")
+	run_loadgen "$out.raw" "${@:2}" || status=$?
+	t1=$(cpu_ticks "$CADDY_PID")
+	r1=$(rchar "$CADDY_PID")
+	jq --argjson ticks $((t1 - t0)) --argjson rchar $((r1 - r0)) --argjson hz "$CLK_TCK" \
+		'. + {caddy: {cpu_s: ($ticks / $hz), rchar: $rchar}}' "$out.raw" >"$out"
+	if [[ $status -ne 0 ]]; then
+		FAILED+=("$(jq -r '"\(.mode) \(.label // "") \(.size) B: \(.failures | join("; "))"' "$out")")
+	fi
+}
+

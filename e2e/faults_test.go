@@ -404,3 +404,48 @@ func TestReloadRotatesSecret(t *testing.T) {
 		}
 	}
 }
+
+// TestReloadKeepsReplayMemory: `caddy reload` with a secret added, the old
+// one removed, the tolerance changed and the capacity shrunk: a delivered
+// id stays a duplicate through each, as long as a secret is kept.
+func TestReloadKeepsReplayMemory(t *testing.T) {
+	e := setup(t)
+	up := startUpstream(t, e)
+	config := func(handler string) caddyConfig {
+		return caddyConfig{UpstreamPort: up.port, Handler: handler + "\n\t\tmax_size 64KiB"}
+	}
+	gw := startCaddy(t, e, config("secret {env.OPENAI_WEBHOOK_SECRET}"))
+	first, second := "msg_reload_first", "msg_reload_second"
+	deliver(t, gw.signedWith(t, webhooktest.Secret, first, time.Now(), event(first)))
+
+	isDuplicate := func(secret, id string) bool {
+		t.Helper()
+		before := up.count(t)
+		resp, answer := send(t, gw.signedWith(t, secret, id, time.Now(), event(id)))
+		checkStatus(t, resp, answer, http.StatusOK)
+		return up.count(t) == before
+	}
+	for _, step := range []struct {
+		name, handler, signWith string
+		deliver                 string
+		duplicates              []string
+	}{
+		{"a secret added", "secret {env.OPENAI_WEBHOOK_SECRET}\n\t\tsecret {env.OPENAI_WEBHOOK_SECRET_B}", secretB, second, []string{first}},
+		{"the first secret removed, tolerance changed", "secret {env.OPENAI_WEBHOOK_SECRET_B}\n\t\ttolerance 1m", secretB, "", []string{first, second}},
+		{"capacity shrunk to one", "secret {env.OPENAI_WEBHOOK_SECRET_B}\n\t\treplay_capacity 1", secretB, "", []string{second}},
+	} {
+		gw.reload(t, e.ctx, config(step.handler))
+		for _, id := range step.duplicates {
+			if !isDuplicate(step.signWith, id) {
+				t.Errorf("%s: %s was forwarded again", step.name, id)
+			}
+		}
+		if step.deliver != "" && isDuplicate(step.signWith, step.deliver) {
+			t.Fatalf("%s: delivering %s: a duplicate", step.name, step.deliver)
+		}
+	}
+	// The oldest id went with the capacity: it is forwarded again.
+	if isDuplicate(secretB, first) {
+		t.Errorf("with a capacity of one, the older id %s was still remembered", first)
+	}
+}

@@ -309,6 +309,7 @@ type caddyConfig struct {
 	Handler      string // the openai_webhook block; "" is defaultHandler
 	Proxy        string // the reverse_proxy block
 	UpstreamPort int
+	Env          []string // more of Caddy's environment, NAME=value
 }
 
 // caddyServer is a running Caddy.
@@ -346,6 +347,7 @@ func startCaddy(t *testing.T, e *e2e, cfg caddyConfig) *caddyServer {
 		"XDG_CONFIG_HOME="+filepath.Join(dir, "config"),
 		"XDG_DATA_HOME="+filepath.Join(dir, "data"),
 	)
+	cmd.Env = append(cmd.Env, cfg.Env...)
 	c.output, c.exited = start(t, cmd, "caddy", c.addr)
 	return c
 }

@@ -111,6 +111,19 @@ func NewMemory(window time.Duration, capacity int, lease time.Duration, now func
 	}
 }
 
+// Reconfigure sets a new window, capacity and lease, keeping the ids: a
+// smaller capacity forgets the oldest delivered ids now, a shorter window
+// at the next claim; leases already given keep their end.
+func (m *Memory) Reconfigure(window time.Duration, capacity int, lease time.Duration) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.window, m.capacity, m.lease = window, capacity, lease
+	for len(m.fifo)-m.head > m.capacity {
+		m.dropOldest()
+		m.evicted++
+	}
+}
+
 // Claim implements Store.
 func (m *Memory) Claim(id string) (State, Ticket) {
 	d := m.digestOf(id)

@@ -136,3 +136,32 @@ func BenchmarkMemoryBytesPerEntry(b *testing.B) {
 		runtime.KeepAlive(m)
 	}
 }
+
+// TestMemoryReconfigure: a new window, capacity or lease keeps the ids; a
+// smaller capacity forgets the oldest first.
+func TestMemoryReconfigure(t *testing.T) {
+	c := &clock{t: time.Unix(1_750_000_000, 0)}
+	m := NewMemory(time.Hour, 5, time.Minute, c.now)
+	for i := range 5 {
+		id := fmt.Sprint("id", i)
+		_, ticket := m.Claim(id)
+		m.Delivered(id, ticket)
+		c.t = c.t.Add(time.Second)
+	}
+	m.Reconfigure(2*time.Hour, 3, 2*time.Minute)
+	for i, want := range []State{Claimed, Claimed, Delivered, Delivered, Delivered} {
+		id := fmt.Sprint("id", i)
+		if got, _ := m.Claim(id); got != want {
+			t.Errorf("%s after shrinking to 3: %d, want %d", id, got, want)
+		}
+	}
+	c.t = c.t.Add(90 * time.Minute) // past the old window, within the new
+	if got, _ := m.Claim("id4"); got != Delivered {
+		t.Errorf("id4 after the window grew: %d, want Delivered", got)
+	}
+	_, _ = m.Claim("new")
+	c.t = c.t.Add(time.Minute + time.Second) // past the old lease, within the new
+	if got, _ := m.Claim("new"); got != InFlight {
+		t.Errorf("a claim after the lease grew: %d, want InFlight", got)
+	}
+}

@@ -1,7 +1,9 @@
 package openaiwebhook
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 
 	"github.com/webhookgate/caddy-openai-webhook/internal/webhooktest"
 )
@@ -25,7 +28,15 @@ func deliver(t *testing.T, h *Handler, id string, next caddyhttp.Handler) int {
 // the sender hanging up.
 func deliverWithin(t *testing.T, ctx context.Context, h *Handler, id string, next caddyhttp.Handler) int {
 	t.Helper()
-	r := signedRequest(t, id, []byte(`{"type":"response.completed"}`), time.Now())
+	return deliverSigned(t, ctx, h, webhooktest.Secret, id, next)
+}
+
+// deliverSigned is deliverWithin with the delivery signed with secret.
+func deliverSigned(t *testing.T, ctx context.Context, h *Handler, secret, id string, next caddyhttp.Handler) int {
+	t.Helper()
+	body := []byte(`{"type":"response.completed"}`)
+	r := httptest.NewRequest(http.MethodPost, "/webhook", bytes.NewReader(body))
+	r.Header = webhooktest.Headers(t, secret, id, time.Now(), body)
 	r = r.WithContext(context.WithValue(ctx, caddy.ReplacerCtxKey, caddy.NewReplacer()))
 	w := httptest.NewRecorder()
 	w.Code = 0 // so a status written before an error shows
@@ -128,6 +139,26 @@ func TestReplayInFlightGets409(t *testing.T) {
 	}
 }
 
+// TestReplayDeliveredBeforeTheSenderSeesIt: the id is recorded before the
+// app's 2xx goes out, so a sender that sees it and sends again at once gets
+// a duplicate, not a 409 for a claim still being settled.
+func TestReplayDeliveredBeforeTheSenderSeesIt(t *testing.T) {
+	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}})
+	never := &app{status: 200}
+	var again int
+	first := caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
+		w.WriteHeader(http.StatusAccepted) // the sender has its answer now
+		again = deliver(t, h, "wh_seen", never)
+		return nil
+	})
+	if got := deliver(t, h, "wh_seen", first); got != http.StatusAccepted {
+		t.Fatalf("the delivery: %d", got)
+	}
+	if again != http.StatusOK || never.calls != 0 {
+		t.Fatalf("a repeat sent once the 2xx was out: %d with %d forwards, want a duplicate (200, none)", again, never.calls)
+	}
+}
+
 // waitBound bounds a test's wait for another goroutine; it asserts nothing.
 const waitBound = time.Minute
 
@@ -173,17 +204,102 @@ func TestReplayWindowOff(t *testing.T) {
 	}
 }
 
-// TestReplayStoreSurvivesReload: a reload provisions a new handler before
-// the old one is cleaned up; the new one must still know delivered ids.
-func TestReplayStoreSurvivesReload(t *testing.T) {
-	cfg := Handler{Secrets: []string{webhooktest.Secret}, ReplayWindow: caddy.Duration(time.Hour)}
-	oldCfg, newCfg := cfg, cfg
-	old, _ := provisioned(t, &oldCfg)
-	deliver(t, old, "wh_reload", &app{status: 200})
-	reloaded, _ := provisioned(t, &newCfg)
-	_ = old.Cleanup()
-	a := &app{status: 200}
-	if got := deliver(t, reloaded, "wh_reload", a); got != 200 || a.calls != 0 {
-		t.Fatalf("after reload: %d with %d calls, want a duplicate", got, a.calls)
+// reload provisions h as a config reload does, with a context of its own,
+// and returns what stops it: the handler's and then the context's cleanup
+// (which cleans up the store module), as Caddy does for the config it
+// replaced.
+func reload(t *testing.T, h *Handler) (stop func()) {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	if err := h.Provision(ctx); err != nil {
+		t.Fatalf("provision: %v", err)
 	}
+	h.logger = zap.NewNop()
+	stopped := false
+	stop = func() {
+		if !stopped {
+			stopped = true
+			_ = h.Cleanup()
+			cancel()
+		}
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+// TestReplayMemoryAcrossReloads: the memory store keeps its ids across
+// every reload that keeps one of the handler's secrets, whatever else
+// changes; a smaller capacity forgets the oldest first; a handler that
+// keeps no secret starts empty.
+func TestReplayMemoryAcrossReloads(t *testing.T) {
+	s1, s2, s3 := secretOf(1), secretOf(2), secretOf(3)
+	isDuplicate := func(h *Handler, secret, id string) bool {
+		t.Helper()
+		a := &app{status: 200}
+		if got := deliverSigned(t, context.Background(), h, secret, id, a); got != 200 {
+			t.Fatalf("%s: status %d", id, got)
+		}
+		return a.calls == 0
+	}
+	steps := []struct {
+		name      string
+		handler   Handler
+		signWith  string
+		deliver   []string // delivered under this config
+		duplicate []string // ids that must be duplicates here
+		forwarded []string // ids that must be forwarded again here
+	}{
+		{name: "first config", handler: Handler{Secrets: []string{s1}}, signWith: s1, deliver: []string{"wh_a", "wh_b"}},
+		{name: "a secret added", handler: Handler{Secrets: []string{s1, s2}}, signWith: s2, duplicate: []string{"wh_a"}},
+		{name: "the old secret removed, tolerance changed", handler: Handler{Secrets: []string{s2}, Tolerance: caddy.Duration(time.Minute)},
+			signWith: s2, duplicate: []string{"wh_b"}, deliver: []string{"wh_c"}},
+		{name: "replay_window changed", handler: Handler{Secrets: []string{s2}, ReplayWindow: caddy.Duration(time.Hour)},
+			signWith: s2, duplicate: []string{"wh_a"}},
+		{name: "capacity shrunk to the newest 2", handler: Handler{Secrets: []string{s2}, ReplayCapacity: 2},
+			signWith: s2, duplicate: []string{"wh_b", "wh_c"}, forwarded: []string{"wh_a"}},
+		{name: "no secret kept", handler: Handler{Secrets: []string{s3}}, signWith: s3, forwarded: []string{"wh_b", "wh_c"}},
+	}
+	var stopOld func()
+	for _, step := range steps {
+		h := step.handler
+		stop := reload(t, &h)
+		if stopOld != nil {
+			stopOld() // the old config goes once the new one runs
+		}
+		stopOld = stop
+		for _, id := range step.duplicate {
+			if !isDuplicate(&h, step.signWith, id) {
+				t.Errorf("%s: %s was forwarded again, want a duplicate", step.name, id)
+			}
+		}
+		for _, id := range step.forwarded {
+			if isDuplicate(&h, step.signWith, id) {
+				t.Errorf("%s: %s was a duplicate, want it forwarded", step.name, id)
+			}
+		}
+		for _, id := range step.deliver {
+			if isDuplicate(&h, step.signWith, id) {
+				t.Fatalf("%s: delivering %s: a duplicate", step.name, id)
+			}
+		}
+	}
+}
+
+// TestReplayMemoryPerEndpoint: endpoints with no secret in common keep
+// apart ids, even the same one.
+func TestReplayMemoryPerEndpoint(t *testing.T) {
+	a, b := Handler{Secrets: []string{secretOf(4)}}, Handler{Secrets: []string{secretOf(5)}}
+	reload(t, &a)
+	reload(t, &b)
+	first, second := &app{status: 200}, &app{status: 200}
+	deliverSigned(t, context.Background(), &a, secretOf(4), "wh_same", first)
+	deliverSigned(t, context.Background(), &b, secretOf(5), "wh_same", second)
+	if first.calls != 1 || second.calls != 1 {
+		t.Fatalf("the same id on two endpoints reached their apps %d and %d times, want once each", first.calls, second.calls)
+	}
+}
+
+// secretOf returns a test secret of its own for each n.
+func secretOf(n byte) string {
+	return "whsec_" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{n, 0x5e}, 16))
 }

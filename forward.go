@@ -1,0 +1,185 @@
+package openaiwebhook
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/webhookgate/caddy-openai-webhook/internal/verifier"
+	"github.com/webhookgate/caddy-openai-webhook/replaystore"
+)
+
+// DefaultReplayCapacity bounds the delivered ids the memory store keeps:
+// about 64 bytes each whatever the id's length (see
+// BenchmarkMemoryBytesPerEntry), so about 6.4 MB when full.
+const DefaultReplayCapacity = 100_000
+
+// provisionReplay loads the handler's replay store, unless replay refusal
+// is off, and binds it to the handler's secrets.
+func (h *Handler) provisionReplay(ctx caddy.Context, keys [][]byte) error {
+	window := time.Duration(h.ReplayWindow)
+	if window < 0 {
+		return nil
+	}
+	if minimum := 2*time.Duration(h.Tolerance) + time.Second; window < minimum {
+		h.logger.Warn("replay_window is shorter than twice the tolerance plus one second: a captured delivery can be replayed once its id is forgotten",
+			zap.Duration("replay_window", window), zap.Duration("tolerance", time.Duration(h.Tolerance)))
+	}
+	var mod any
+	var err error
+	if h.ReplayStoreRaw == nil {
+		mod, err = ctx.LoadModuleByID("http.handlers.openai_webhook.replay_stores.memory", nil)
+	} else {
+		mod, err = ctx.LoadModule(h, "ReplayStoreRaw")
+	}
+	if err != nil {
+		return fmt.Errorf("replay_store: %w", err)
+	}
+	store, ok := mod.(replaystore.Store)
+	if !ok {
+		return fmt.Errorf("replay_store: module %T is not a replaystore.Store", mod)
+	}
+	e := replaystore.Endpoint{Window: window, Capacity: h.ReplayCapacity}
+	for _, k := range keys {
+		e.Fingerprints = append(e.Fingerprints, replaystore.Fingerprint(k))
+	}
+	if err := store.Open(e); err != nil {
+		return fmt.Errorf("replay_store: %w", err)
+	}
+	h.replay = store
+	return nil
+}
+
+// storeTimeout bounds settling a claim once the app has answered, when the
+// request's own context may be gone; the store's own timeout is shorter.
+const storeTimeout = 10 * time.Second
+
+// forwardOnce passes a verified delivery to next unless its id was already
+// delivered (200, empty, not forwarded) or is being forwarded (409). The id
+// counts as delivered once next answers 2xx, whatever happens to the rest
+// of the answer; it is released when next answers otherwise, so the
+// sender's retry goes through, and left in flight until its lease ends when
+// the sender hung up first. When the store cannot answer, the delivery is
+// refused with 503 (OpenAI retries it), or forwarded unchecked if the
+// store is configured so.
+func (h *Handler) forwardOnce(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, hdr verifier.Headers) error {
+	state, ticket, err := h.replay.Claim(r.Context(), hdr.ID)
+	if err != nil {
+		h.storeFailed("claim", err)
+		if state != replaystore.Unchecked {
+			w.Header().Set("Retry-After", storeRetryAfter)
+			return h.refuse(w, r, outcomeStoreUnavailable, errStoreUnavailable, hdr.ID)
+		}
+		requestsTotal.WithLabelValues(outcomeUnchecked.name).Inc()
+		return next.ServeHTTP(w, r)
+	}
+	switch state {
+	case replaystore.Delivered:
+		requestsTotal.WithLabelValues(outcomeDuplicate.name).Inc()
+		h.logger.Debug("duplicate delivery answered without forwarding", zap.String("webhook_id", hdr.ID))
+		w.Header().Set("Content-Length", "0")
+		w.WriteHeader(http.StatusOK)
+		return nil
+	case replaystore.InFlight:
+		return h.refuse(w, r, outcomeInFlight, errInFlight, hdr.ID)
+	}
+	// Settling must outlive the sender, who may hang up once the app's
+	// status is out.
+	settleCtx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), storeTimeout)
+	defer cancel()
+	// Freshness once more, now that the id is claimed: a replay accepted
+	// at this moment was fresh when the store looked for its id, and the
+	// store keeps every delivered id until a replay of it cannot be.
+	if err := h.verifier.CheckTimestamp(hdr.Timestamp); err != nil {
+		h.settle("release", h.replay.Release(settleCtx, hdr.ID, ticket))
+		return h.refuse(w, r, verdictOutcome(err), err, hdr.ID)
+	}
+	requestsTotal.WithLabelValues(outcomeForwarded.name).Inc()
+	settled := false
+	// Called just before the app's status goes out: a 2xx is recorded
+	// first, so that a sender who sees it and sends again gets a
+	// duplicate, never a second forward or a 409.
+	rec := caddyhttp.NewResponseRecorder(w, nil, func(status int, _ http.Header) bool {
+		if status >= 200 && status < 300 && !settled {
+			settled = true
+			h.settle("delivered", h.replay.Delivered(settleCtx, hdr.ID, ticket))
+		}
+		return false // never buffer: the answer streams through
+	})
+	returned := false
+	// Deferred, so that it also runs when next panics, as reverse_proxy
+	// does (http.ErrAbortHandler) when the app breaks off its answer.
+	defer func() {
+		switch {
+		case settled:
+		case rec.Status() == 0 && returned && err == nil: // nothing written: Go's server answers 200 once this returns
+			h.settle("delivered", h.replay.Delivered(settleCtx, hdr.ID, ticket))
+		case r.Context().Err() != nil:
+			h.logger.Debug("sender went away before the app answered: the id stays in flight until its lease ends",
+				zap.String("webhook_id", hdr.ID))
+		default:
+			h.settle("release", h.replay.Release(settleCtx, hdr.ID, ticket))
+		}
+	}()
+	err = next.ServeHTTP(rec, r)
+	returned = true
+	return err
+}
+
+// storeRetryAfter is the Retry-After of a 503 for a store that could not
+// answer, in seconds.
+const storeRetryAfter = "5"
+
+var (
+	errInFlight         = errors.New("a delivery with this webhook-id is being forwarded")
+	errStoreUnavailable = errors.New("the replay store could not tell whether this webhook-id was delivered")
+)
+
+// settle notes a store's failure to settle a claim: the claim then ends
+// with its lease.
+func (h *Handler) settle(operation string, err error) {
+	if err != nil {
+		h.storeFailed(operation, err)
+	}
+}
+
+// storeFailed counts a failed store operation and logs it, at most once a
+// storeErrorLogEvery.
+func (h *Handler) storeFailed(operation string, err error) {
+	replayStoreErrors.WithLabelValues(operation).Inc()
+	if suppressed, ok := h.storeErrors.allow(time.Now()); ok {
+		h.logger.Error("replay store failed", zap.String("operation", operation), zap.Error(err),
+			zap.Int64("failures_not_logged", suppressed))
+	}
+}
+
+// storeErrorLogEvery is the least time between two log lines about store
+// failures: a store that is down would otherwise log every request.
+const storeErrorLogEvery = 10 * time.Second
+
+// rateLimitedLog lets one event in every storeErrorLogEvery through.
+type rateLimitedLog struct {
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int64
+}
+
+// allow reports whether an event at now may be logged, and how many were
+// not since the last that was.
+func (l *rateLimitedLog) allow(now time.Time) (suppressed int64, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.last.IsZero() && now.Sub(l.last) < storeErrorLogEvery {
+		l.suppressed++
+		return 0, false
+	}
+	suppressed, l.suppressed, l.last = l.suppressed, 0, now
+	return suppressed, true
+}

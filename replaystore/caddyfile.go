@@ -1,0 +1,133 @@
+package replaystore
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+// UnmarshalCaddyfile sets up the memory store from Caddyfile tokens,
+// within openai_webhook's block. Syntax:
+//
+//	replay_store memory {
+//		in_flight_ttl <duration>
+//	}
+func (m *Memory) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume the store's name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "in_flight_ttl":
+			dur, err := durationArg(d)
+			if err != nil {
+				return err
+			}
+			m.InFlightTTL = dur
+		default:
+			return d.Errf("unrecognized memory replay store option %q", d.Val())
+		}
+	}
+	return nil
+}
+
+// UnmarshalCaddyfile sets up the Redis store from Caddyfile tokens, within
+// openai_webhook's block. Syntax:
+//
+//	replay_store redis {
+//		address    <host:port>|<redis:// or rediss:// URL>
+//		username   <username>
+//		password   <password>
+//		db         <number>
+//		key_prefix <prefix>
+//		tls
+//		tls_ca     <PEM file>
+//		tls_server_name <name>
+//		timeout    <duration>
+//		on_error   refuse|forward
+//		in_flight_ttl <duration>
+//	}
+func (r *Redis) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume the store's name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		name := d.Val()
+		var err error
+		switch name {
+		case "address":
+			r.Address, err = stringArg(d)
+		case "username":
+			r.Username, err = stringArg(d)
+		case "password":
+			// Not stringArg's error: it would quote the extra value.
+			if !d.AllArgs(&r.Password) {
+				return d.Err("password: takes exactly one value")
+			}
+		case "db":
+			var v string
+			if v, err = stringArg(d); err == nil {
+				if r.DB, err = strconv.Atoi(v); err != nil || r.DB < 0 {
+					return d.Errf("db: %q is not a database number", v)
+				}
+			}
+		case "key_prefix":
+			r.KeyPrefix, err = stringArg(d)
+		case "tls":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			r.TLS = true
+		case "tls_ca":
+			r.TLSCA, err = stringArg(d)
+		case "tls_server_name":
+			r.TLSServerName, err = stringArg(d)
+		case "timeout":
+			r.Timeout, err = durationArg(d)
+		case "on_error":
+			if r.OnError, err = stringArg(d); err == nil && r.OnError != "refuse" && r.OnError != "forward" {
+				return d.Errf("on_error: %q is neither refuse nor forward", r.OnError)
+			}
+		case "in_flight_ttl":
+			r.InFlightTTL, err = durationArg(d)
+		default:
+			return d.Errf("unrecognized redis replay store option %q", name)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// stringArg returns the option's one value.
+func stringArg(d *caddyfile.Dispenser) (string, error) {
+	var v string
+	if !d.AllArgs(&v) {
+		return "", d.ArgErr()
+	}
+	return v, nil
+}
+
+// durationArg returns the option's one value, a positive duration.
+func durationArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
+	name := d.Val()
+	v, err := stringArg(d)
+	if err != nil {
+		return 0, err
+	}
+	dur, err := caddy.ParseDuration(v)
+	if err != nil || dur <= 0 {
+		return 0, d.Errf("%s: %q is not a positive duration", name, v)
+	}
+	return caddy.Duration(dur), nil
+}
+
+// Interface guards
+var (
+	_ caddyfile.Unmarshaler = (*Memory)(nil)
+	_ caddyfile.Unmarshaler = (*Redis)(nil)
+)
