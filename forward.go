@@ -57,10 +57,6 @@ func (h *Handler) provisionReplay(ctx caddy.Context, keys [][]byte) error {
 	return nil
 }
 
-// storeTimeout bounds settling a claim once the app has answered, when the
-// request's own context may be gone; the store's own timeout is shorter.
-const storeTimeout = 10 * time.Second
-
 // forwardOnce passes a verified delivery to next unless its id was already
 // delivered (200, empty, not forwarded) or is being forwarded (409). The id
 // counts as delivered once next answers 2xx, whatever happens to the rest
@@ -91,9 +87,8 @@ func (h *Handler) forwardOnce(w http.ResponseWriter, r *http.Request, next caddy
 		return h.refuse(w, r, outcomeInFlight, errInFlight, hdr.ID)
 	}
 	// Settling must outlive the sender, who may hang up once the app's
-	// status is out.
-	settleCtx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), storeTimeout)
-	defer cancel()
+	// status is out; the store bounds each of its calls.
+	settleCtx := context.WithoutCancel(r.Context())
 	// Freshness once more, now that the id is claimed: a replay accepted
 	// at this moment was fresh when the store looked for its id, and the
 	// store keeps every delivered id until a replay of it cannot be.

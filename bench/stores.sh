@@ -11,8 +11,10 @@
 # ROUNDS rounds of the three, DURATION seconds each, in turning order
 # (plain memory redis, then redis memory plain, ...), every request a valid
 # delivery with its own webhook-id. Reports requests/s, latency and Caddy
-# CPU per request per setup, the ratio redis/memory, and the Redis calls
-# per delivery (INFO commandstats, all commands, before and after).
+# CPU per request per setup, the ratio redis/memory, and the Redis round
+# trips per delivery (INFO commandstats: the EVAL and EVALSHA calls the
+# gateway made; the GETs and SETs the scripts run inside Redis are counted
+# apart).
 #
 #   bench/stores.sh                      # DURATION=20 ROUNDS=2: about 2.5 minutes
 #   DURATION=3 ROUNDS=1 bench/stores.sh  # a short check
@@ -80,13 +82,17 @@ start_upstream "$UP" "$LIFETIME"
 start_caddy caddy "$WORK/Caddyfile" "$LIFETIME" "$PLAIN" "$MEMORY" "$REDIS_SITE" "$ADMIN"
 sleep 1
 
-# redis_calls: every command Redis has served so far.
+# redis_calls: the script calls (EVAL, EVALSHA) Redis has served so far,
+# and every command, those run by scripts included.
 redis_calls() {
-	redis-cli -p "$REDIS" INFO commandstats | awk -F'[=,:]' '/^cmdstat_/ { n += $3 } END { print n + 0 }'
+	redis-cli -p "$REDIS" INFO commandstats | awk -F'[=,:]' '
+		/^cmdstat_/ { all += $3 }
+		/^cmdstat_eval(sha)?:/ { calls += $3 }
+		END { print calls + 0, all + 0 }'
 }
 
 : >"$WORK/stores.tsv"
-REDIS_CALLS=0 REDIS_DELIVERIES=0
+REDIS_CALLS=0 REDIS_COMMANDS=0 REDIS_DELIVERIES=0
 for round in $(seq 1 "$ROUNDS"); do
 	order="plain memory redis"
 	((round % 2 == 0)) && order="redis memory plain"
@@ -97,12 +103,14 @@ for round in $(seq 1 "$ROUNDS"); do
 		redis) port=$REDIS_SITE ;;
 		esac
 		out="$WORK/stores-$round-$setup.json"
-		before=$(redis_calls)
+		read -r calls_before commands_before < <(redis_calls)
 		measured "$out" loadgen -mode throughput -label "$setup" -url "http://127.0.0.1:$port/webhooks/openai" \
 			-upstream-stats "http://127.0.0.1:$UP/__stats" \
 			-duration "${DURATION}s" -max-requests "$((DURATION * 25000))" -concurrency "$CONCURRENCY" -size "$SIZE"
 		if [[ $setup == redis ]]; then
-			REDIS_CALLS=$((REDIS_CALLS + $(redis_calls) - before))
+			read -r calls_after commands_after < <(redis_calls)
+			REDIS_CALLS=$((REDIS_CALLS + calls_after - calls_before))
+			REDIS_COMMANDS=$((REDIS_COMMANDS + commands_after - commands_before))
 			REDIS_DELIVERIES=$((REDIS_DELIVERIES + $(jq '.responses' "$out")))
 		fi
 		jq -r --arg round "$round" '[.label, $round, .requests_per_s, .latency_ms.p50, .latency_ms.p99,
@@ -138,7 +146,9 @@ awk -F'\t' '
 				(p50["redis"]/n["redis"])/(p50["memory"]/n["memory"]), (p99["redis"]/n["redis"])/(p99["memory"]/n["memory"]), (cpu["redis"]/n["redis"])/(cpu["memory"]/n["memory"])
 	}' "$WORK/stores.tsv"
 echo
-echo "Redis calls per delivery (all commands, during the redis runs): $REDIS_CALLS / $REDIS_DELIVERIES = $(awk -v c="$REDIS_CALLS" -v d="$REDIS_DELIVERIES" 'BEGIN { printf "%.3f", d ? c / d : 0 }')"
+per_delivery() { awk -v c="$1" -v d="$REDIS_DELIVERIES" 'BEGIN { printf "%.3f", d ? c / d : 0 }'; }
+echo "Redis round trips per delivery (EVAL/EVALSHA calls during the redis runs): $REDIS_CALLS / $REDIS_DELIVERIES = $(per_delivery "$REDIS_CALLS")"
+echo "Redis commands per delivery, those the scripts run included: $REDIS_COMMANDS / $REDIS_DELIVERIES = $(per_delivery "$REDIS_COMMANDS")"
 echo
 if ((${#FAILED[@]} > 0)); then
 	printf 'FAILED: %s\n' "${FAILED[@]}"

@@ -2,14 +2,13 @@ package replaystore
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
@@ -97,6 +96,8 @@ type Redis struct {
 	forward   bool
 	endpoint  Endpoint
 	scope     *atomic.Pointer[string] // resolved on first use
+	leaseMS   string                  // in_flight_ttl, in ms, for the scripts
+	windowMS  string                  // the replay window, in ms
 }
 
 // CaddyModule returns the Caddy module information.
@@ -112,6 +113,10 @@ const (
 	DefaultRedisKeyPrefix = "openai_webhook:"
 	DefaultRedisTimeout   = 500 * time.Millisecond
 )
+
+// flushDelay is how long the client's writer waits after a flush for more
+// calls to send with the next.
+const flushDelay = 200 * time.Microsecond
 
 // Provision expands the placeholders, sets the defaults and takes a share
 // of the client for this connection configuration. Its errors name the
@@ -231,9 +236,15 @@ func (r *Redis) clientOption() (opt rueidis.ClientOption, caPEM []byte, err erro
 	timeout := time.Duration(r.Timeout)
 	opt.Dialer.Timeout = timeout
 	opt.ConnWriteTimeout = timeout
-	// One multiplexed connection: the scripts are short, and concurrent
-	// calls are pipelined on it.
+	// One connection, whose writer waits up to 200µs after each flush for
+	// more calls to pipeline: under load, fewer system calls per delivery,
+	// at the cost of at most 200µs of latency per call. Measured in a Caddy
+	// pinned to one core at 64 concurrent senders (docs/performance.md):
+	// 0.78 of the memory store's deliveries per second without the delay,
+	// about 0.86 with 200 or 500µs, less again with 1ms.
 	opt.ForceSingleClient = true
+	opt.PipelineMultiplex = -1
+	opt.MaxFlushDelay = flushDelay
 	opt.DisableCache = true
 	return opt, caPEM, nil
 }
@@ -305,6 +316,8 @@ func (r *Redis) Open(e Endpoint) error {
 	}
 	r.endpoint = e
 	r.scope = new(atomic.Pointer[string])
+	r.leaseMS = strconv.FormatInt(max(time.Duration(r.InFlightTTL).Milliseconds(), 1), 10)
+	r.windowMS = strconv.FormatInt(max(e.Window.Milliseconds(), 1), 10)
 	return nil
 }
 
@@ -408,7 +421,7 @@ func (r *Redis) claim(ctx context.Context, id string) (State, Ticket, error) {
 		return 0, 0, fmt.Errorf("redis: resolving the scope: %w", err)
 	}
 	ticket := newTicket()
-	n, err := r.call(ctx, claimScript, []string{key}, []string{claimValue(ticket), strconv.FormatInt(time.Duration(r.InFlightTTL).Milliseconds(), 10)}).AsInt64()
+	n, err := r.call(ctx, claimScript, []string{key}, []string{claimValue(ticket), r.leaseMS}).AsInt64()
 	if err != nil {
 		return 0, 0, fmt.Errorf("redis: claiming: %w", err)
 	}
@@ -429,8 +442,7 @@ func (r *Redis) Delivered(ctx context.Context, id string, t Ticket) error {
 	if err != nil {
 		return fmt.Errorf("redis: resolving the scope: %w", err)
 	}
-	window := strconv.FormatInt(max(r.endpoint.Window.Milliseconds(), 1), 10)
-	if err := r.call(ctx, deliveredScript, []string{key}, []string{claimValue(t), window}).Error(); err != nil {
+	if err := r.call(ctx, deliveredScript, []string{key}, []string{claimValue(t), r.windowMS}).Error(); err != nil {
 		return fmt.Errorf("redis: recording a delivery: %w", err)
 	}
 	return nil
@@ -449,11 +461,11 @@ func (r *Redis) Release(ctx context.Context, id string, t Ticket) error {
 }
 
 // newTicket returns a random ticket: claims of one id from several
-// instances must not share one.
+// instances must not share one. It needs to be unique, not secret: the
+// runtime's generator (ChaCha8, seeded by the system) spares a system call
+// per delivery.
 func newTicket() Ticket {
-	var b [8]byte
-	_, _ = rand.Read(b[:]) // never fails
-	return Ticket(binary.LittleEndian.Uint64(b[:]))
+	return Ticket(rand.Uint64())
 }
 
 func claimValue(t Ticket) string { return "f" + strconv.FormatUint(uint64(t), 36) }

@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -71,10 +72,22 @@ func startRedis(b *testing.B) string {
 	}
 }
 
-// run drives pair from the senders for the duration and reports pairs/s.
+// cpuTime is the process's user and system CPU time so far.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// run drives pair from the senders for the duration and reports pairs/s
+// and the client's CPU time per pair (the cost the gateway's process
+// pays for the store).
 func run(b *testing.B, pair func(ctx context.Context, key, ticket string) error) {
 	var done atomic.Int64
 	ctx := context.Background()
+	cpu0 := cpuTime(b)
 	start := time.Now()
 	var wg sync.WaitGroup
 	for w := range senders {
@@ -90,6 +103,7 @@ func run(b *testing.B, pair func(ctx context.Context, key, ticket string) error)
 	}
 	wg.Wait()
 	b.ReportMetric(float64(done.Load())/time.Since(start).Seconds(), "pairs/s")
+	b.ReportMetric(float64(cpuTime(b)-cpu0)/1e3/float64(done.Load()), "cpu-µs/pair")
 }
 
 func BenchmarkGoRedis(b *testing.B) {
@@ -107,18 +121,33 @@ func BenchmarkGoRedis(b *testing.B) {
 }
 
 func BenchmarkRueidis(b *testing.B) {
-	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{startRedis(b)}, DisableCache: true, ForceSingleClient: true})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	claim, delivered := rueidis.NewLuaScript(claimLua), rueidis.NewLuaScript(deliveredLua)
-	for b.Loop() {
-		run(b, func(ctx context.Context, key, ticket string) error {
-			if err := claim.Exec(ctx, c, []string{key}, []string{ticket, "60000"}).Error(); err != nil {
-				return err
+	addr := startRedis(b)
+	for _, tc := range []struct {
+		name      string
+		multiplex int
+		delay     time.Duration
+	}{
+		{"default", 0, 0},
+		{"one-connection", -1, 0},
+		{"one-connection-flush-delay-20us", -1, 20 * time.Microsecond},
+		{"one-connection-flush-delay-200us", -1, 200 * time.Microsecond}, // the replay store's setting
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{addr}, DisableCache: true, ForceSingleClient: true,
+				PipelineMultiplex: tc.multiplex, MaxFlushDelay: tc.delay})
+			if err != nil {
+				b.Fatal(err)
 			}
-			return delivered.Exec(ctx, c, []string{key}, []string{ticket, "601000"}).Error()
+			defer c.Close()
+			claim, delivered := rueidis.NewLuaScript(claimLua), rueidis.NewLuaScript(deliveredLua)
+			for b.Loop() {
+				run(b, func(ctx context.Context, key, ticket string) error {
+					if err := claim.Exec(ctx, c, []string{key}, []string{ticket, "60000"}).Error(); err != nil {
+						return err
+					}
+					return delivered.Exec(ctx, c, []string{key}, []string{ticket, "601000"}).Error()
+				})
+			}
 		})
 	}
 }
