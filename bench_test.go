@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -151,6 +152,50 @@ func BenchmarkRefusal(b *testing.B) {
 				}
 			}
 			b.ReportMetric(float64(src.read)/float64(b.N), "body-bytes-read/op")
+		})
+	}
+}
+
+// BenchmarkEvents measures what reading the event costs a 1 KiB delivery:
+// none when nothing needs it, the JSON parse with events or an event
+// placeholder in use. Replay refusal is off so one signed request can be
+// sent again.
+func BenchmarkEvents(b *testing.B) {
+	body := []byte(`{"object":"event","id":"evt_685343a1381c819085d44c354e1b330e","type":"response.completed","created_at":1750287018,"data":{"id":"resp_abc123"},"pad":"` +
+		strings.Repeat("x", 1<<10-140) + `"}`)
+	readType := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+		_, _ = repl.GetString("http.openai_webhook.event_type")
+		return nil
+	})
+	quiet := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error { return nil })
+	for _, tc := range []struct {
+		name   string
+		events []string
+		next   caddyhttp.Handler
+	}{
+		{"unused", nil, quiet},
+		{"placeholder", nil, readType},
+		{"events", []string{"response.*"}, quiet},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			h, _ := provisioned(b, &Handler{Secrets: []string{webhooktest.Secret}, ReplayWindow: -1, Events: tc.events})
+			h.logger = zap.NewNop()
+			headers := webhooktest.Headers(b, webhooktest.Secret, "wh_685c059ae39c8190af8c71ed1022a24d", time.Now(), body)
+			src := &socketBody{}
+			w := httptest.NewRecorder()
+			b.SetBytes(int64(len(body)))
+			b.ReportAllocs()
+			for b.Loop() {
+				src.r.Reset(body)
+				ctx, end := context.WithCancel(context.WithValue(context.Background(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
+				r := httptest.NewRequestWithContext(ctx, http.MethodPost, "/", src)
+				r.Header, r.ContentLength = headers, int64(len(body))
+				if err := h.ServeHTTP(w, r, tc.next); err != nil {
+					b.Fatal(err)
+				}
+				end() // the request is done: the body goes back to the pool
+			}
 		})
 	}
 }

@@ -129,6 +129,30 @@ func (b *bufferedBody) verified() {
 	b.reserved = 0
 }
 
+// view calls fn with the whole body in one slice, and returns what fn
+// returns, or false once the body is released. The slice is the chunk itself
+// for a body that fits in one (most events), a copy otherwise; it is valid
+// only during fn.
+func (b *bufferedBody) view(fn func([]byte) bool) bool {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	switch {
+	case b.released:
+		return false
+	case b.size <= chunkSize:
+		var raw []byte
+		if len(b.chunks) > 0 {
+			raw = b.chunks[0][:b.size]
+		}
+		return fn(raw)
+	}
+	raw := make([]byte, 0, b.size)
+	for off := int64(0); off < b.size; off += chunkSize {
+		raw = append(raw, b.chunks[off/chunkSize][:min(chunkSize, b.size-off)]...)
+	}
+	return fn(raw)
+}
+
 // newReader returns a reader over the whole body, from the start.
 func (b *bufferedBody) newReader() io.ReadCloser {
 	return &bodyReader{body: b}

@@ -42,9 +42,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		replay_window   <duration>|off
 //		replay_capacity <count>
 //		replay_store    <module> [{ <module options> }]
+//		events <type>|<family>.* ...
 //	}
 //
-// secret may be repeated; every secret given is accepted.
+// secret and events may be repeated; every secret given is accepted, and
+// every event type or family given passes.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	if d.NextArg() {
@@ -75,6 +77,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.ReplayWindow, err = parseArg(d, parseReplayWindow)
 		case "replay_capacity":
 			h.ReplayCapacity, err = parseArg(d, parseCount)
+		case "events":
+			patterns := d.RemainingArgs()
+			if len(patterns) == 0 {
+				return d.Err("events: at least one event type or family (batch.*) is required")
+			}
+			for _, p := range patterns {
+				if err := checkEventPattern(p); err != nil {
+					return d.Errf("events: %q: %v", p, err)
+				}
+			}
+			h.Events = append(h.Events, patterns...)
 		case "replay_store":
 			if err := h.unmarshalReplayStore(d); err != nil {
 				return err

@@ -81,6 +81,15 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				`"in_flight_ttl":90000000000,"key_prefix":"hooks:","on_error":"forward","password":"{env.REDIS_PASSWORD}","timeout":250000000,` +
 				`"tls":true,"tls_ca":"/etc/caddy/redis-ca.pem","tls_server_name":"redis.internal","username":"{env.REDIS_USERNAME}"}`)},
 		},
+		{
+			name:  "events",
+			input: "openai_webhook {env.A} {\n events response.completed batch.*\n events fine_tuning.job.*\n}",
+			want:  Handler{Secrets: []string{"{env.A}"}, Events: []string{"response.completed", "batch.*", "fine_tuning.job.*"}},
+		},
+		{name: "events without a pattern", input: "openai_webhook {\n events\n}", wantErr: "events: at least one"},
+		{name: "events, * in the middle", input: "openai_webhook {\n events batch.*.completed\n}", wantErr: `events: "batch.*.completed"`},
+		{name: "events, * alone", input: "openai_webhook {\n events *\n}", wantErr: `events: "*"`},
+		{name: "events, empty segment", input: "openai_webhook {\n events batch..completed\n}", wantErr: "empty segment"},
 		{name: "store without a name", input: "openai_webhook {\n replay_store\n}", wantErr: "the store's name"},
 		{name: "unknown store", input: "openai_webhook {\n replay_store etcd\n}", wantErr: "etcd"},
 		{name: "store twice", input: "openai_webhook {\n replay_store memory\n replay_store memory\n}", wantErr: "given twice"},
@@ -119,7 +128,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			if strings.Join(got.Secrets, ",") != strings.Join(tc.want.Secrets, ",") || got.Tolerance != tc.want.Tolerance || got.MaxSize != tc.want.MaxSize ||
 				got.ReplayWindow != tc.want.ReplayWindow || got.ReplayCapacity != tc.want.ReplayCapacity ||
 				got.BodyTimeout != tc.want.BodyTimeout || got.MaxUnverified != tc.want.MaxUnverified ||
-				string(got.ReplayStoreRaw) != string(tc.want.ReplayStoreRaw) {
+				string(got.ReplayStoreRaw) != string(tc.want.ReplayStoreRaw) || strings.Join(got.Events, " ") != strings.Join(tc.want.Events, " ") {
 				t.Fatalf("got %+v, want %+v", got, tc.want)
 			}
 		})

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -54,6 +53,9 @@ func (h *Handler) provisionReplay(ctx caddy.Context, keys [][]byte) error {
 		return fmt.Errorf("replay_store: %w", err)
 	}
 	h.replay = store
+	if c, ok := store.(interface{ Counter() replaystore.Counter }); ok {
+		storeStats.join(h, c.Counter())
+	}
 	return nil
 }
 
@@ -65,20 +67,20 @@ func (h *Handler) provisionReplay(ctx caddy.Context, keys [][]byte) error {
 // the sender hung up first. When the store cannot answer, the delivery is
 // refused with 503 (OpenAI retries it), or forwarded unchecked if the
 // store is configured so.
-func (h *Handler) forwardOnce(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, hdr verifier.Headers) error {
+func (h *Handler) forwardOnce(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, hdr verifier.Headers, server string) error {
 	state, ticket, err := h.replay.Claim(r.Context(), hdr.ID)
 	if err != nil {
-		h.storeFailed("claim", err)
+		h.storeFailed(server, "claim", err)
 		if state != replaystore.Unchecked {
 			w.Header().Set("Retry-After", storeRetryAfter)
 			return h.refuse(w, r, outcomeStoreUnavailable, errStoreUnavailable, hdr.ID)
 		}
-		requestsTotal.WithLabelValues(outcomeUnchecked.name).Inc()
+		requestsTotal.WithLabelValues(server, outcomeUnchecked.name).Inc()
 		return next.ServeHTTP(w, r)
 	}
 	switch state {
 	case replaystore.Delivered:
-		requestsTotal.WithLabelValues(outcomeDuplicate.name).Inc()
+		requestsTotal.WithLabelValues(server, outcomeDuplicate.name).Inc()
 		h.logger.Debug("duplicate delivery answered without forwarding", zap.String("webhook_id", hdr.ID))
 		w.Header().Set("Content-Length", "0")
 		w.WriteHeader(http.StatusOK)
@@ -93,10 +95,10 @@ func (h *Handler) forwardOnce(w http.ResponseWriter, r *http.Request, next caddy
 	// at this moment was fresh when the store looked for its id, and the
 	// store keeps every delivered id until a replay of it cannot be.
 	if err := h.verifier.CheckTimestamp(hdr.Timestamp); err != nil {
-		h.settle("release", h.replay.Release(settleCtx, hdr.ID, ticket))
+		h.settle(server, "release", h.replay.Release(settleCtx, hdr.ID, ticket))
 		return h.refuse(w, r, verdictOutcome(err), err, hdr.ID)
 	}
-	requestsTotal.WithLabelValues(outcomeForwarded.name).Inc()
+	requestsTotal.WithLabelValues(server, outcomeForwarded.name).Inc()
 	settled := false
 	// Called just before the app's status goes out: a 2xx is recorded
 	// first, so that a sender who sees it and sends again gets a
@@ -104,7 +106,7 @@ func (h *Handler) forwardOnce(w http.ResponseWriter, r *http.Request, next caddy
 	rec := caddyhttp.NewResponseRecorder(w, nil, func(status int, _ http.Header) bool {
 		if status >= 200 && status < 300 && !settled {
 			settled = true
-			h.settle("delivered", h.replay.Delivered(settleCtx, hdr.ID, ticket))
+			h.settle(server, "delivered", h.replay.Delivered(settleCtx, hdr.ID, ticket))
 		}
 		return false // never buffer: the answer streams through
 	})
@@ -115,12 +117,12 @@ func (h *Handler) forwardOnce(w http.ResponseWriter, r *http.Request, next caddy
 		switch {
 		case settled:
 		case rec.Status() == 0 && returned && err == nil: // nothing written: Go's server answers 200 once this returns
-			h.settle("delivered", h.replay.Delivered(settleCtx, hdr.ID, ticket))
+			h.settle(server, "delivered", h.replay.Delivered(settleCtx, hdr.ID, ticket))
 		case r.Context().Err() != nil:
 			h.logger.Debug("sender went away before the app answered: the id stays in flight until its lease ends",
 				zap.String("webhook_id", hdr.ID))
 		default:
-			h.settle("release", h.replay.Release(settleCtx, hdr.ID, ticket))
+			h.settle(server, "release", h.replay.Release(settleCtx, hdr.ID, ticket))
 		}
 	}()
 	err = next.ServeHTTP(rec, r)
@@ -139,17 +141,17 @@ var (
 
 // settle notes a store's failure to settle a claim: the claim then ends
 // with its lease.
-func (h *Handler) settle(operation string, err error) {
+func (h *Handler) settle(server, operation string, err error) {
 	if err != nil {
-		h.storeFailed(operation, err)
+		h.storeFailed(server, operation, err)
 	}
 }
 
 // storeFailed counts a failed store operation and logs it, at most once a
 // storeErrorLogEvery.
-func (h *Handler) storeFailed(operation string, err error) {
-	replayStoreErrors.WithLabelValues(operation).Inc()
-	if suppressed, ok := h.storeErrors.allow(time.Now()); ok {
+func (h *Handler) storeFailed(server, operation string, err error) {
+	replayStoreErrors.WithLabelValues(server, operation).Inc()
+	if suppressed, ok := h.storeErrors.Allow(time.Now()); ok {
 		h.logger.Error("replay store failed", zap.String("operation", operation), zap.Error(err),
 			zap.Int64("failures_not_logged", suppressed))
 	}
@@ -158,23 +160,3 @@ func (h *Handler) storeFailed(operation string, err error) {
 // storeErrorLogEvery is the least time between two log lines about store
 // failures: a store that is down would otherwise log every request.
 const storeErrorLogEvery = 10 * time.Second
-
-// rateLimitedLog lets one event in every storeErrorLogEvery through.
-type rateLimitedLog struct {
-	mu         sync.Mutex
-	last       time.Time
-	suppressed int64
-}
-
-// allow reports whether an event at now may be logged, and how many were
-// not since the last that was.
-func (l *rateLimitedLog) allow(now time.Time) (suppressed int64, ok bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.last.IsZero() && now.Sub(l.last) < storeErrorLogEvery {
-		l.suppressed++
-		return 0, false
-	}
-	suppressed, l.suppressed, l.last = l.suppressed, 0, now
-	return suppressed, true
-}

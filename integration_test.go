@@ -78,7 +78,7 @@ func TestCaddyReverseProxy(t *testing.T) {
 			max_size 64KiB
 		}
 		reverse_proxy %s {
-			header_up X-Verified-Webhook-Id {openai_webhook.id}
+			header_up X-Verified-Webhook-Id {http.openai_webhook.id}
 		}
 		handle_errors {
 			respond "refused: {err.status_code}"

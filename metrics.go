@@ -3,12 +3,15 @@ package openaiwebhook
 import (
 	"errors"
 	"net/http"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/webhookgate/caddy-openai-webhook/replaystore"
 )
 
-// outcome is what became of a request: the value of the outcome label and,
-// for a refusal, its status.
+// outcome is what became of a request: the value of the outcome label and
+// of {http.openai_webhook.error}, and, for a refusal, its status.
 type outcome struct {
 	name   string
 	status int
@@ -18,6 +21,7 @@ type outcome struct {
 var (
 	outcomeForwarded        = outcome{"forwarded", 0}                                     // verified and passed to the next handler
 	outcomeDuplicate        = outcome{"duplicate", http.StatusOK}                         // verified, id already delivered: not forwarded
+	outcomeFiltered         = outcome{"filtered", http.StatusOK}                          // verified, type not in events: not forwarded
 	outcomeInFlight         = outcome{"in_flight", http.StatusConflict}                   // verified, id being forwarded
 	outcomeStoreUnavailable = outcome{"store_unavailable", http.StatusServiceUnavailable} // verified, the replay store could not answer
 	outcomeUnchecked        = outcome{"unchecked", 0}                                     // verified, forwarded without the replay check: the store could not answer
@@ -32,29 +36,41 @@ var (
 	outcomeMethodNotAllowed = outcome{"method_not_allowed", http.StatusMethodNotAllowed}  // not a POST
 )
 
-// requestsTotal lives for the process, so counts survive config reloads;
-// each config's registry gets it registered once.
-var requestsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
-	Namespace: "caddy",
-	Subsystem: "openai_webhook",
-	Name:      "requests_total",
-	Help:      "Requests seen by openai_webhook, by outcome.",
-}, []string{"outcome"})
+// The collectors live for the process, so counts survive config reloads;
+// each config's registry gets them registered once. Every series carries
+// the server label, as Caddy's own HTTP metrics do.
+var (
+	requestsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy",
+		Subsystem: "openai_webhook",
+		Name:      "requests_total",
+		Help:      "Requests seen by openai_webhook, by server and outcome.",
+	}, []string{"server", "outcome"})
 
-// replayStoreErrors counts the store's failures by operation: claim,
-// delivered, release.
-var replayStoreErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
-	Namespace: "caddy",
-	Subsystem: "openai_webhook",
-	Name:      "replay_store_errors_total",
-	Help:      "Replay store operations that failed, by operation.",
-}, []string{"operation"})
+	// replayStoreErrors counts the store's failures by operation: claim,
+	// delivered, release.
+	replayStoreErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy",
+		Subsystem: "openai_webhook",
+		Name:      "replay_store_errors_total",
+		Help:      "Replay store operations that failed, by server and operation.",
+	}, []string{"server", "operation"})
+
+	// eventsTotal counts the verified deliveries passed on by event type,
+	// on handlers with events (the only ones that read the type).
+	eventsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy",
+		Subsystem: "openai_webhook",
+		Name:      "events_total",
+		Help:      "Deliveries passed on by handlers with an events allow-list, by server and event type.",
+	}, []string{"server", "type"})
+)
 
 func registerMetrics(registry *prometheus.Registry) error {
 	if registry == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{requestsTotal, replayStoreErrors} {
+	for _, c := range []prometheus.Collector{requestsTotal, replayStoreErrors, eventsTotal, storeStats} {
 		err := registry.Register(c)
 		if err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
 			return err
@@ -63,4 +79,96 @@ func registerMetrics(registry *prometheus.Registry) error {
 		// config did it.
 	}
 	return nil
+}
+
+// maxEventTypes bounds the type label's values; past it, and for a type
+// longer than maxEventTypeLen, the type counts as "other".
+const (
+	maxEventTypes   = 64
+	maxEventTypeLen = 64
+)
+
+var eventTypes = struct {
+	sync.Mutex
+	seen map[string]bool
+}{seen: map[string]bool{}}
+
+// eventTypeLabel returns the label value for an event type.
+func eventTypeLabel(typ string) string {
+	eventTypes.Lock()
+	defer eventTypes.Unlock()
+	if eventTypes.seen[typ] {
+		return typ
+	}
+	if len(eventTypes.seen) >= maxEventTypes || len(typ) > maxEventTypeLen {
+		return "other"
+	}
+	eventTypes.seen[typ] = true
+	return typ
+}
+
+// storeStats reports, per server, the ids held by the handlers' replay
+// stores that count them (the memory store) and how many were forgotten
+// before their window ended because the store was full.
+var storeStats = &storeCollector{handlers: map[*Handler]replaystore.Counter{}}
+
+type storeCollector struct {
+	mu       sync.Mutex
+	handlers map[*Handler]replaystore.Counter
+}
+
+var (
+	replayIDsDesc = prometheus.NewDesc("caddy_openai_webhook_replay_ids",
+		"Webhook-ids held by the memory replay stores, delivered or being forwarded, by server.", []string{"server"}, nil)
+	replayForgottenDesc = prometheus.NewDesc("caddy_openai_webhook_replay_forgotten_early_total",
+		"Delivered webhook-ids the memory replay stores forgot before their window ended, to stay within replay_capacity, by server.",
+		[]string{"server"}, nil)
+)
+
+// join adds a handler whose store counts its ids.
+func (c *storeCollector) join(h *Handler, s replaystore.Counter) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.handlers[h] = s
+}
+
+// leave removes a handler.
+func (c *storeCollector) leave(h *Handler) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.handlers, h)
+}
+
+// Describe implements prometheus.Collector.
+func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- replayIDsDesc
+	ch <- replayForgottenDesc
+}
+
+// Collect implements prometheus.Collector: each store once per server,
+// however many handlers share it.
+func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	perServer := map[string]map[replaystore.Counter]bool{}
+	for h, s := range c.handlers {
+		name := h.server.Load()
+		if name == nil {
+			continue // not served yet: its server is not known
+		}
+		if perServer[*name] == nil {
+			perServer[*name] = map[replaystore.Counter]bool{}
+		}
+		perServer[*name][s] = true
+	}
+	c.mu.Unlock()
+	for server, stores := range perServer {
+		var held, forgotten float64
+		for s := range stores {
+			n, evicted := s.Stats()
+			held += float64(n)
+			forgotten += float64(evicted)
+		}
+		ch <- prometheus.MustNewConstMetric(replayIDsDesc, prometheus.GaugeValue, held, server)
+		ch <- prometheus.MustNewConstMetric(replayForgottenDesc, prometheus.CounterValue, forgotten, server)
+	}
 }

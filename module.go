@@ -5,6 +5,7 @@
 package openaiwebhook
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/webhookgate/caddy-openai-webhook/internal/lograte"
 	"github.com/webhookgate/caddy-openai-webhook/internal/verifier"
 	"github.com/webhookgate/caddy-openai-webhook/replaystore"
 )
@@ -48,9 +50,13 @@ const (
 // stale or unmatched signatures, 413 for a body over max_size, 408 for one
 // not received within body_timeout, 400 for one that could not be read, and
 // 503 (with Retry-After) while max_unverified bytes are already held for
-// unverified bodies. The next handler gets the verified bytes with an exact
-// Content-Length and the placeholders {openai_webhook.id} and
-// {openai_webhook.timestamp}.
+// unverified bodies. With events set, a verified delivery of another type is
+// answered 200 and not forwarded. The next handler gets the verified bytes
+// with an exact Content-Length and the placeholders
+// {http.openai_webhook.id}, {http.openai_webhook.timestamp},
+// {http.openai_webhook.event_type} and {http.openai_webhook.event_id} (the
+// last two read from the body only when used); a refusal sets
+// {http.openai_webhook.error} to its outcome code for handle_errors.
 type Handler struct {
 	// Secrets are the endpoint's signing secrets, "whsec_" followed by
 	// base64, as OpenAI shows them. A delivery signed with any of them is
@@ -102,6 +108,14 @@ type Handler struct {
 	// Default: 100000.
 	ReplayCapacity int `json:"replay_capacity,omitempty"`
 
+	// Events is an allow-list of event types: exact types
+	// ("response.completed") and families ending in ".*" ("batch.*",
+	// "fine_tuning.job.*"). A verified delivery whose body is not a JSON
+	// object with a "type" that matches is answered 200 with an empty body,
+	// so the sender does not retry it, and not forwarded. Empty: every
+	// type is forwarded, and bodies are never parsed for it.
+	Events []string `json:"events,omitempty"`
+
 	// ReplayStoreRaw is where delivered ids are remembered: a module of
 	// the namespace http.handlers.openai_webhook.replay_stores, chosen by
 	// its "backend" field: "memory" (the default; one Caddy process, kept
@@ -110,11 +124,13 @@ type Handler struct {
 	ReplayStoreRaw json.RawMessage `json:"replay_store,omitempty" caddy:"namespace=http.handlers.openai_webhook.replay_stores inline_key=backend"`
 
 	verifier    *verifier.Verifier
+	events      *eventFilter // nil without events
 	budget      *budget
 	budgetKey   string            // the handler's share of budgets
 	retryAfter  string            // Retry-After of a 503, in seconds
 	replay      replaystore.Store // nil when replay refusal is off
-	storeErrors *rateLimitedLog
+	storeErrors *lograte.Limiter
+	server      *atomic.Pointer[string] // the name of the server the handler serves, once it served
 	logger      *zap.Logger
 }
 
@@ -140,7 +156,8 @@ func (pooledBudget) Destruct() error { return nil }
 // secret.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	h.storeErrors = new(rateLimitedLog)
+	h.storeErrors = &lograte.Limiter{Every: storeErrorLogEvery}
+	h.server = new(atomic.Pointer[string])
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
@@ -175,6 +192,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	if h.events, err = newEventFilter(h.Events); err != nil {
+		return err
+	}
 	h.retryAfter = strconv.Itoa(int(math.Ceil(time.Duration(h.BodyTimeout).Seconds())))
 	h.budgetKey = strconv.FormatInt(h.MaxUnverified, 10)
 	shared, _, err := budgets.LoadOrNew(h.budgetKey, func() (caddy.Destructor, error) {
@@ -201,7 +221,8 @@ func (h *Handler) Validate() error {
 	case h.ReplayCapacity < 0:
 		return fmt.Errorf("replay_capacity: %d is negative", h.ReplayCapacity)
 	}
-	return nil
+	_, err := newEventFilter(h.Events)
+	return err
 }
 
 // chunksOf returns the bytes of the chunks a body of size bytes occupies.
@@ -231,9 +252,11 @@ func expandSecrets(secrets []string) ([][]byte, error) {
 	return keys, nil
 }
 
-// Cleanup releases the handler's share of its budget. (Caddy cleans up the
-// replay store, a module it loaded for the handler.)
+// Cleanup releases the handler's share of its budget and leaves the store
+// statistics. (Caddy cleans up the replay store, a module it loaded for the
+// handler.)
 func (h *Handler) Cleanup() error {
+	storeStats.leave(h)
 	if h.budgetKey == "" {
 		return nil
 	}
@@ -269,20 +292,69 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		msg.Discard()
 		return h.refuse(w, r, readOutcome(err), err, headers.ID)
 	}
-	defer body.release()
 	if err := msg.Finish(); err != nil {
+		body.release()
 		return h.refuse(w, r, verdictOutcome(err), err, headers.ID)
 	}
 	body.verified()
+	// Held until Caddy is done with the request, so that placeholders read
+	// after the forward (log_append, the access log) still find the event.
+	context.AfterFunc(r.Context(), body.release)
 
+	ev := &event{body: body}
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	repl.Set("openai_webhook.id", headers.ID)
-	repl.Set("openai_webhook.timestamp", headers.Timestamp)
+	repl.Set("http.openai_webhook.id", headers.ID)
+	repl.Set("http.openai_webhook.timestamp", headers.Timestamp)
+	repl.Map(func(key string) (any, bool) {
+		switch key {
+		case "http.openai_webhook.event_type":
+			typ, _ := ev.fields()
+			return typ, true
+		case "http.openai_webhook.event_id":
+			_, id := ev.fields()
+			return id, true
+		}
+		return nil, false
+	})
+	server := h.serverOf(r)
+	if h.events != nil {
+		typ, _ := ev.fields()
+		if !h.events.matches(typ) {
+			return h.filter(w, server, headers.ID, typ)
+		}
+		eventsTotal.WithLabelValues(server, eventTypeLabel(typ)).Inc()
+	}
 	if h.replay == nil {
-		requestsTotal.WithLabelValues(outcomeForwarded.name).Inc()
+		requestsTotal.WithLabelValues(server, outcomeForwarded.name).Inc()
 		return next.ServeHTTP(w, withBody(r, body))
 	}
-	return h.forwardOnce(w, withBody(r, body), next, headers)
+	return h.forwardOnce(w, withBody(r, body), next, headers, server)
+}
+
+// filter answers a verified delivery of a type the allow-list leaves out:
+// 200, so the sender does not retry it, and nothing forwarded.
+func (h *Handler) filter(w http.ResponseWriter, server, id, typ string) error {
+	requestsTotal.WithLabelValues(server, outcomeFiltered.name).Inc()
+	h.logger.Debug("delivery of an event type not in events answered without forwarding",
+		zap.String("webhook_id", id), zap.String("event_type", typ))
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusOK)
+	return nil
+}
+
+// serverOf returns the name of the Caddy server the request came to (as
+// Caddy's own metrics label it), and remembers it for the store
+// statistics.
+func (h *Handler) serverOf(r *http.Request) string {
+	if name := h.server.Load(); name != nil {
+		return *name
+	}
+	name := "UNKNOWN"
+	if srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv != nil && srv.Name() != "" {
+		name = srv.Name()
+	}
+	h.server.Store(&name)
+	return name
 }
 
 var (

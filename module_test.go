@@ -65,8 +65,8 @@ func (f *forwarded) ServeHTTP(w http.ResponseWriter, r *http.Request) error {
 	}
 	f.body, f.contentLength, f.header = body, r.ContentLength, r.Header.Clone()
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	f.id, _ = repl.GetString("openai_webhook.id")
-	f.ts, _ = repl.GetString("openai_webhook.timestamp")
+	f.id, _ = repl.GetString("http.openai_webhook.id")
+	f.ts, _ = repl.GetString("http.openai_webhook.timestamp")
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
@@ -224,7 +224,7 @@ func TestRefusesWithStatusAndForwardsNothing(t *testing.T) {
 			tc.modify(r)
 			counted := map[string]float64{}
 			for _, o := range allOutcomes {
-				counted[o] = testutil.ToFloat64(requestsTotal.WithLabelValues(o))
+				counted[o] = testutil.ToFloat64(requestsTotal.WithLabelValues("UNKNOWN", o))
 			}
 			got, err := serve(h, r)
 			if status := statusOf(err); status != tc.outcome.status {
@@ -235,7 +235,7 @@ func TestRefusesWithStatusAndForwardsNothing(t *testing.T) {
 				if o == tc.outcome.name {
 					want++
 				}
-				if n := testutil.ToFloat64(requestsTotal.WithLabelValues(o)); n != want {
+				if n := testutil.ToFloat64(requestsTotal.WithLabelValues("UNKNOWN", o)); n != want {
 					t.Errorf("requests_total{outcome=%q} = %v, want %v", o, n, want)
 				}
 			}
@@ -389,12 +389,12 @@ func TestUnverifiedBudget(t *testing.T) {
 	r := signedRequest(t, "wh_refused_for_now", body, time.Now())
 	r.Body = io.NopCloser(errReader{errors.New("body was read")})
 	w := httptest.NewRecorder()
-	before := testutil.ToFloat64(requestsTotal.WithLabelValues(outcomeOverloaded.name))
+	before := testutil.ToFloat64(requestsTotal.WithLabelValues("UNKNOWN", outcomeOverloaded.name))
 	err := h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer())), new(forwarded))
 	if statusOf(err) != http.StatusServiceUnavailable || w.Header().Get("Retry-After") != "60" {
 		t.Fatalf("with the budget spent: %v, Retry-After %q; want 503 and 60", err, w.Header().Get("Retry-After"))
 	}
-	if testutil.ToFloat64(requestsTotal.WithLabelValues(outcomeOverloaded.name)) != before+1 {
+	if testutil.ToFloat64(requestsTotal.WithLabelValues("UNKNOWN", outcomeOverloaded.name)) != before+1 {
 		t.Error("not counted as overloaded")
 	}
 

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 	"golang.org/x/net/http/httpguts"
@@ -17,7 +18,10 @@ import (
 // handling. Only the reason and the (already validated) id are logged:
 // never a secret, a signature or any of the body.
 func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, o outcome, reason error, id string) error {
-	requestsTotal.WithLabelValues(o.name).Inc()
+	requestsTotal.WithLabelValues(h.serverOf(r), o.name).Inc()
+	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		repl.Set("http.openai_webhook.error", o.name)
+	}
 	if o == outcomeOverloaded {
 		w.Header().Set("Retry-After", h.retryAfter)
 	}

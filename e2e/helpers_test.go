@@ -303,12 +303,16 @@ func (r record) checkBody(t *testing.T, want []byte) {
 //		openai_webhook { <Handler> }
 //		reverse_proxy 127.0.0.1:<upstream> { <Proxy> }
 //	}
+//
+// or, with Routes set, the site's openai_webhook and Routes instead of
+// the reverse_proxy.
 type caddyConfig struct {
 	Global       string // global options besides admin
 	Site         string // site directives besides the two below
 	Handler      string // the openai_webhook block; "" is defaultHandler
 	Proxy        string // the reverse_proxy block
 	UpstreamPort int
+	Routes       string   // the site's directives after openai_webhook, instead of the reverse_proxy
 	Env          []string // more of Caddy's environment, NAME=value
 }
 
@@ -357,6 +361,9 @@ func (c *caddyServer) writeConfig(t *testing.T, cfg caddyConfig) {
 	if cfg.Handler == "" {
 		cfg.Handler = defaultHandler
 	}
+	if cfg.Routes == "" {
+		cfg.Routes = fmt.Sprintf("reverse_proxy 127.0.0.1:%d {\n\t\t%s\n\t}", cfg.UpstreamPort, cfg.Proxy)
+	}
 	caddyfile := fmt.Sprintf(`{
 	admin %s
 	%s
@@ -367,11 +374,9 @@ func (c *caddyServer) writeConfig(t *testing.T, cfg caddyConfig) {
 	openai_webhook {
 		%s
 	}
-	reverse_proxy 127.0.0.1:%d {
-		%s
-	}
+	%s
 }
-`, c.admin, cfg.Global, c.url, cfg.Site, cfg.Handler, cfg.UpstreamPort, cfg.Proxy)
+`, c.admin, cfg.Global, c.url, cfg.Site, cfg.Handler, cfg.Routes)
 	if err := os.WriteFile(c.config, []byte(caddyfile), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -491,30 +496,59 @@ const (
 	outcomeMethod    = "method_not_allowed"
 )
 
-// outcomes returns caddy_openai_webhook_requests_total by outcome, from the
-// admin endpoint's /metrics.
-func (c *caddyServer) outcomes(t *testing.T) map[string]float64 {
+// sample is one line of Caddy's /metrics.
+type sample struct {
+	name   string
+	labels map[string]string
+	value  float64
+}
+
+// metrics returns the samples the admin endpoint's /metrics gives, of the
+// metrics whose names start with prefix.
+func (c *caddyServer) metrics(t *testing.T, prefix string) []sample {
 	t.Helper()
 	resp, raw := send(t, c.adminRequest(t, "/metrics"))
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("admin GET /metrics: %d", resp.StatusCode)
 	}
-	const prefix = `caddy_openai_webhook_requests_total{outcome="`
-	counts := map[string]float64{}
+	var out []sample
 	for line := range strings.Lines(string(raw)) {
-		rest, ok := strings.CutPrefix(line, prefix)
-		if !ok {
+		line = strings.TrimSpace(line)
+		if !strings.HasPrefix(line, prefix) {
 			continue
 		}
-		outcome, value, ok := strings.Cut(rest, `"} `)
+		head, value, ok := strings.Cut(line, " ")
 		if !ok {
 			t.Fatalf("metrics line %q", line)
 		}
-		n, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
-		if err != nil {
+		s := sample{labels: map[string]string{}}
+		name, labels, hasLabels := strings.Cut(head, "{")
+		s.name = name
+		if hasLabels {
+			for pair := range strings.SplitSeq(strings.TrimSuffix(labels, "}"), `",`) {
+				k, v, ok := strings.Cut(pair, `="`)
+				if !ok {
+					t.Fatalf("metrics line %q", line)
+				}
+				s.labels[k] = strings.TrimSuffix(v, `"`)
+			}
+		}
+		var err error
+		if s.value, err = strconv.ParseFloat(value, 64); err != nil {
 			t.Fatalf("metrics line %q: %v", line, err)
 		}
-		counts[outcome] = n
+		out = append(out, s)
+	}
+	return out
+}
+
+// outcomes returns caddy_openai_webhook_requests_total by outcome (every
+// server of the config together), from the admin endpoint's /metrics.
+func (c *caddyServer) outcomes(t *testing.T) map[string]float64 {
+	t.Helper()
+	counts := map[string]float64{}
+	for _, s := range c.metrics(t, "caddy_openai_webhook_requests_total") {
+		counts[s.labels["outcome"]] += s.value
 	}
 	return counts
 }

@@ -7,7 +7,9 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
 
+	"github.com/webhookgate/caddy-openai-webhook/internal/lograte"
 	"github.com/webhookgate/caddy-openai-webhook/internal/replay"
 )
 
@@ -29,8 +31,10 @@ type Memory struct {
 	// timeouts: a forward that outlives it loses its claim. Default: 1m.
 	InFlightTTL caddy.Duration `json:"in_flight_ttl,omitempty"`
 
-	ids   *replay.Memory
-	scope string // the handler's share of memories
+	ids       *replay.Memory
+	scope     string // the handler's share of memories
+	evictions *lograte.Limiter
+	logger    *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -42,7 +46,9 @@ func (Memory) CaddyModule() caddy.ModuleInfo {
 }
 
 // Provision sets the defaults.
-func (m *Memory) Provision(caddy.Context) error {
+func (m *Memory) Provision(ctx caddy.Context) error {
+	m.logger = ctx.Logger()
+	m.evictions = &lograte.Limiter{Every: evictionLogEvery}
 	if m.InFlightTTL == 0 {
 		m.InFlightTTL = caddy.Duration(DefaultInFlightTTL)
 	}
@@ -130,9 +136,19 @@ func (m *Memory) Claim(_ context.Context, id string) (State, Ticket, error) {
 	return state, ticket, nil
 }
 
-// Delivered implements Store.
+// evictionLogEvery is the least time between two warnings that the store
+// is full.
+const evictionLogEvery = time.Minute
+
+// Delivered implements Store. A full store forgets its oldest id, which
+// it warns about at most once a evictionLogEvery.
 func (m *Memory) Delivered(_ context.Context, id string, t Ticket) error {
-	m.ids.Delivered(id, t)
+	if m.ids.Delivered(id, t) {
+		if suppressed, ok := m.evictions.Allow(time.Now()); ok {
+			m.logger.Warn("replay store full: delivered ids are forgotten before replay_window ends; raise replay_capacity",
+				zap.Int64("earlier_warnings_held_back", suppressed))
+		}
+	}
 	return nil
 }
 
@@ -142,10 +158,17 @@ func (m *Memory) Release(_ context.Context, id string, t Ticket) error {
 	return nil
 }
 
-// Stats reports the ids held and how many were forgotten before their
-// window ended.
-func (m *Memory) Stats() (held int, evictedEarly uint64) {
-	return m.ids.Stats()
+// Counter is a store that counts its ids.
+type Counter interface {
+	// Stats reports the ids held (delivered and claimed) and how many
+	// were forgotten before their window ended.
+	Stats() (held int, evictedEarly uint64)
+}
+
+// Counter returns the counts of the store the handler shares with others:
+// the same for every handler of one scope.
+func (m *Memory) Counter() Counter {
+	return m.ids
 }
 
 // Interface guards

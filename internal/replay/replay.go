@@ -13,9 +13,9 @@ import (
 type State int
 
 const (
-	// Claimed: the id was unknown and now belongs to the caller, who must
-	// forward the delivery and then call Delivered or Release with the
-	// Ticket, or leave the claim to end with its lease.
+	// Claimed: the id was unknown and now belongs to the caller, who
+	// forwards the delivery and then calls Delivered or Release with the
+	// Ticket, or leaves the claim to end with its lease.
 	Claimed State = iota
 	// InFlight: another claim on this id holds an unexpired lease.
 	InFlight
@@ -26,21 +26,6 @@ const (
 // Ticket identifies one claim, so that only its holder settles it: a claim
 // whose lease ended may have been taken over by another request.
 type Ticket uint64
-
-// Store records ids. Only ids of verified deliveries may be given to it, so
-// nobody without the signing secret can fill it. Implementations are safe
-// for concurrent use; a shared one (e.g. Redis) can replace Memory without
-// changing the handler.
-type Store interface {
-	// Claim reports the id's state, claiming it if it is unknown or its
-	// last claim's lease ended.
-	Claim(id string) (State, Ticket)
-	// Delivered records that the claim's delivery reached the app.
-	Delivered(id string, t Ticket)
-	// Release ends the claim: its delivery did not reach the app, so the
-	// sender's retry is forwarded.
-	Release(id string, t Ticket)
-}
 
 // Memory is an in-process Store. Delivered ids are kept for a fixed window,
 // in a FIFO that is also their expiry order; past its capacity the oldest
@@ -124,7 +109,8 @@ func (m *Memory) Reconfigure(window time.Duration, capacity int, lease time.Dura
 	}
 }
 
-// Claim implements Store.
+// Claim reports the id's state, claiming it if it is unknown or its last
+// claim's lease ended.
 func (m *Memory) Claim(id string) (State, Ticket) {
 	d := m.digestOf(id)
 	m.mu.Lock()
@@ -145,24 +131,30 @@ func (m *Memory) Claim(id string) (State, Ticket) {
 	return Claimed, m.lastTicket
 }
 
-// Delivered implements Store.
-func (m *Memory) Delivered(id string, t Ticket) {
+// Delivered records the claim's id as delivered, if t is still the
+// claim's ticket, and reports whether that made the store forget an older
+// id before its window ended.
+func (m *Memory) Delivered(id string, t Ticket) (evictedEarly bool) {
 	d := m.digestOf(id)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if !m.settle(d, t) {
-		return
+		return false
 	}
 	at := m.now().UnixNano()
 	m.delivered[d] = at
 	m.fifo = append(m.fifo, delivery{id: d, at: at})
+	m.expire(at) // what expired is not forgotten early
 	for len(m.fifo)-m.head > m.capacity {
 		m.dropOldest()
 		m.evicted++
+		evictedEarly = true
 	}
+	return evictedEarly
 }
 
-// Release implements Store.
+// Release ends the claim, if t is still its ticket: its delivery did not
+// reach the app, so the sender's retry is forwarded.
 func (m *Memory) Release(id string, t Ticket) {
 	d := m.digestOf(id)
 	m.mu.Lock()
@@ -221,6 +213,3 @@ func (m *Memory) dropOldest() {
 		m.head = 0
 	}
 }
-
-// Interface guard
-var _ Store = (*Memory)(nil)

@@ -1,6 +1,8 @@
 package verifier
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -39,4 +41,24 @@ func ParseSecret(secret string) ([]byte, error) {
 		return nil, fmt.Errorf("secret decodes to %d bytes, want %d to %d", len(key), MinKeyLen, MaxKeyLen)
 	}
 	return key, nil
+}
+
+// Sign returns the webhook-signature entry, "v1,<base64>", for a delivery
+// of body with id and timestamp under key: what a sender such as OpenAI
+// puts in the header, for tools that send test deliveries. It checks id and
+// timestamp as the verifier would.
+func Sign(key []byte, id, timestamp string, body []byte) (string, error) {
+	if err := CheckID(id); err != nil {
+		return "", err
+	}
+	if _, err := ParseTimestamp(timestamp); err != nil {
+		return "", err
+	}
+	if len(key) < MinKeyLen || len(key) > MaxKeyLen {
+		return "", fmt.Errorf("key is %d bytes, want %d to %d", len(key), MinKeyLen, MaxKeyLen)
+	}
+	mac := hmac.New(sha256.New, key)
+	_, _ = mac.Write([]byte(id + "." + timestamp + "."))
+	_, _ = mac.Write(body)
+	return signatureVersion + base64.StdEncoding.EncodeToString(mac.Sum(nil)), nil
 }

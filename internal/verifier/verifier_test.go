@@ -304,3 +304,26 @@ func TestFreshnessJudgedWhenBodyEnds(t *testing.T) {
 		})
 	}
 }
+
+// TestSignMatchesReference: Sign writes what the reference library writes,
+// for the published vectors and for others.
+func TestSignMatchesReference(t *testing.T) {
+	for _, vec := range webhooktest.LoadVectors(t).Vectors {
+		got, err := Sign(mustKey(t, vec.Secret), vec.ID, vec.Timestamp, []byte(vec.Payload))
+		if err != nil || got != vec.Signature {
+			t.Errorf("%s: %q (%v), want %q", vec.Name, got, err, vec.Signature)
+		}
+	}
+	ts := time.Unix(1_750_000_000, 0)
+	for _, body := range [][]byte{nil, []byte("{}"), {0, 0xff, '\r', '\n'}} {
+		want := webhooktest.Sign(t, webhooktest.Secret, "msg_sign", ts, body)
+		if got, err := Sign(mustKey(t, webhooktest.Secret), "msg_sign", "1750000000", body); err != nil || got != want {
+			t.Errorf("%q: %q (%v), want %q", body, got, err, want)
+		}
+	}
+	for _, tc := range []struct{ id, ts string }{{"a.b", "1"}, {"", "1"}, {"ok", "01"}, {"ok", "-1"}} {
+		if _, err := Sign(mustKey(t, webhooktest.Secret), tc.id, tc.ts, nil); err == nil {
+			t.Errorf("id %q timestamp %q signed", tc.id, tc.ts)
+		}
+	}
+}
