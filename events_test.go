@@ -218,3 +218,25 @@ func TestEventParsedOnlyWhenNeeded(t *testing.T) {
 		t.Fatalf("with events, %d bytes allocated per delivery against %d without: the body was not parsed", got, unused)
 	}
 }
+
+// TestEventPlaceholdersAfterTheHandler: log_append and the access log read
+// placeholders once the handlers have returned; the event is still there
+// until Go's server ends the request.
+func TestEventPlaceholdersAfterTheHandler(t *testing.T) {
+	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}})
+	body := []byte(`{"object":"event","id":"evt_after","type":"eval.run.succeeded"}`)
+	r := signedRequest(t, "wh_after_handler", body, time.Now())
+	repl := caddy.NewReplacer()
+	ctx, end := context.WithCancel(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
+	defer end()
+	quiet := caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error { return nil })
+	if err := h.ServeHTTP(httptest.NewRecorder(), r.WithContext(ctx), quiet); err != nil {
+		t.Fatal(err)
+	}
+	if typ, _ := repl.GetString("http.openai_webhook.event_type"); typ != "eval.run.succeeded" {
+		t.Fatalf("event_type after the handler returned: %q", typ)
+	}
+	if id, _ := repl.GetString("http.openai_webhook.event_id"); id != "evt_after" {
+		t.Fatalf("event_id after the handler returned: %q", id)
+	}
+}
