@@ -343,17 +343,25 @@ func startCaddy(t *testing.T, e *e2e, cfg caddyConfig) *caddyServer {
 	}
 	c.url = "http://" + c.addr
 	c.writeConfig(t, cfg)
+	c.run(t, e, c.addr, cfg.Env...)
+	return c
+}
+
+// run starts Caddy on c's config, in an environment that holds
+// webhooktest.Secret as OPENAI_WEBHOOK_SECRET, secretB as
+// OPENAI_WEBHOOK_SECRET_B, and env, and waits until it listens on addr.
+func (c *caddyServer) run(t *testing.T, e *e2e, addr string, env ...string) {
+	t.Helper()
 	cmd := exec.CommandContext(e.ctx, e.bin, "run", "--config", c.config, "--adapter", "caddyfile")
 	cmd.Env = append(os.Environ(),
 		"OPENAI_WEBHOOK_SECRET="+webhooktest.Secret,
 		"OPENAI_WEBHOOK_SECRET_B="+secretB,
 		// Caddy's autosaved config and storage stay out of the user's home.
-		"XDG_CONFIG_HOME="+filepath.Join(dir, "config"),
-		"XDG_DATA_HOME="+filepath.Join(dir, "data"),
+		"XDG_CONFIG_HOME="+filepath.Join(c.dir, "config"),
+		"XDG_DATA_HOME="+filepath.Join(c.dir, "data"),
 	)
-	cmd.Env = append(cmd.Env, cfg.Env...)
-	c.output, c.exited = start(t, cmd, "caddy", c.addr)
-	return c
+	cmd.Env = append(cmd.Env, env...)
+	c.output, c.exited = start(t, cmd, "caddy", addr)
 }
 
 func (c *caddyServer) writeConfig(t *testing.T, cfg caddyConfig) {
