@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/dustin/go-humanize"
 
 	"github.com/webhookgate/caddy-openai-webhook/internal/verifier"
@@ -43,6 +44,17 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		replay_capacity <count>
 //		replay_store    <module> [{ <module options> }]
 //		events <type>|<family>.* ...
+//		queue {
+//			to          <url>
+//			store       file [<path>] | redis { <options> }
+//			retry       <duration>...
+//			timeout     <duration>
+//			workers     <count>
+//			max_pending <count>
+//			tls_trust_pool <source> [...]
+//			tls_server_name <name>
+//			tls_insecure_skip_verify
+//		}
 //	}
 //
 // secret and events may be repeated; every secret given is accepted, and
@@ -92,6 +104,14 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := h.unmarshalReplayStore(d); err != nil {
 				return err
 			}
+		case "queue":
+			if h.Queue != nil {
+				return d.Err("queue: given twice")
+			}
+			h.Queue = new(Queue)
+			if err := h.Queue.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
 		default:
 			if strings.HasPrefix(name, verifier.SecretPrefix) {
 				return d.Err("unrecognized openai_webhook subdirective that looks like a secret: write secret <secret>")
@@ -125,6 +145,84 @@ func (h *Handler) unmarshalReplayStore(d *caddyfile.Dispenser) error {
 		return d.Errf("replay_store: %s", warnings[0].Message)
 	}
 	return nil
+}
+
+// unmarshalCaddyfile reads the queue block.
+func (q *Queue) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		var err error
+		switch name {
+		case "to":
+			q.To, err = oneArg(d)
+		case "store":
+			if !d.NextArg() {
+				return d.Err("queue: store: the engine's name (file, redis) is missing")
+			}
+			engine := d.Val()
+			store, err := caddyfile.UnmarshalModule(d, "http.handlers.openai_webhook.queue_stores."+engine)
+			if err != nil {
+				return err
+			}
+			var warnings []caddyconfig.Warning
+			q.StoreRaw = caddyconfig.JSONModuleObject(store, "backend", engine, &warnings)
+			if len(warnings) > 0 {
+				return d.Errf("queue: store: %s", warnings[0].Message)
+			}
+		case "retry":
+			delays := d.RemainingArgs()
+			if len(delays) == 0 {
+				return d.Err("queue: retry: at least one duration is required")
+			}
+			for _, v := range delays {
+				dur, err := parseDuration(v)
+				if err != nil {
+					return d.Errf("queue: retry: %v", err)
+				}
+				q.Retry = append(q.Retry, dur)
+			}
+		case "timeout":
+			q.Timeout, err = parseArg(d, parseDuration)
+		case "workers":
+			q.Workers, err = parseArg(d, parseCount)
+		case "max_pending":
+			q.MaxPending, err = parseArg(d, parseCount)
+		case "tls_trust_pool":
+			if !d.NextArg() {
+				return d.Err("queue: tls_trust_pool: the source's name (file, inline, ...) is missing")
+			}
+			source := d.Val()
+			pool, err := caddyfile.UnmarshalModule(d, "tls.ca_pool.source."+source)
+			if err != nil {
+				return err
+			}
+			q.tls().CARaw = caddyconfig.JSONModuleObject(pool, "provider", source, nil)
+		case "tls_server_name":
+			q.tls().ServerName, err = oneArg(d)
+		case "tls_insecure_skip_verify":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			q.tls().InsecureSkipVerify = true
+		default:
+			return d.Errf("unrecognized openai_webhook queue option %q", name)
+		}
+		if err != nil {
+			return d.Errf("queue: %s: %v", name, err)
+		}
+	}
+	return nil
+}
+
+// tls returns the queue's TLS settings, made if need be.
+func (q *Queue) tls() *reverseproxy.TLSConfig {
+	if q.TLS == nil {
+		q.TLS = new(reverseproxy.TLSConfig)
+	}
+	return q.TLS
 }
 
 var errOneValue = errors.New("takes exactly one value")

@@ -59,24 +59,31 @@ func (h *Handler) provisionReplay(ctx caddy.Context, keys [][]byte) error {
 	return nil
 }
 
-// forwardOnce passes a verified delivery to next unless its id was already
-// delivered (200, empty, not forwarded) or is being forwarded (409). The id
-// counts as delivered once next answers 2xx, whatever happens to the rest
-// of the answer; it is released when next answers otherwise, so the
-// sender's retry goes through, and left in flight until its lease ends when
-// the sender hung up first. When the store cannot answer, the delivery is
-// refused with 503 (OpenAI retries it), or forwarded unchecked if the
-// store is configured so.
-func (h *Handler) forwardOnce(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, hdr verifier.Headers, server string) error {
+// claim is a replay store's claim on a delivery's id.
+type claim struct {
+	ticket replaystore.Ticket
+	// checked is false when the store could not answer and lets the
+	// delivery through unchecked (on_error forward): nothing to settle.
+	checked bool
+	// ctx settles the claim: it outlives the sender, who may hang up once
+	// the app's status is out; the store bounds each of its calls.
+	ctx context.Context
+}
+
+// claimID claims a verified delivery's id, or answers the sender when the
+// delivery goes no further: 200 and empty for an id already delivered, 409
+// for one being forwarded, 503 when the store cannot answer (OpenAI
+// retries it), 401 when the delivery went stale meanwhile.
+func (h *Handler) claimID(w http.ResponseWriter, r *http.Request, hdr verifier.Headers, server string) (c claim, answered bool, err error) {
 	state, ticket, err := h.replay.Claim(r.Context(), hdr.ID)
 	if err != nil {
 		h.storeFailed(server, "claim", err)
 		if state != replaystore.Unchecked {
 			w.Header().Set("Retry-After", storeRetryAfter)
-			return h.refuse(w, r, outcomeStoreUnavailable, errStoreUnavailable, hdr.ID)
+			return c, true, h.refuse(w, r, outcomeStoreUnavailable, errStoreUnavailable, hdr.ID)
 		}
 		requestsTotal.WithLabelValues(server, outcomeUnchecked.name).Inc()
-		return next.ServeHTTP(w, r)
+		return c, false, nil
 	}
 	switch state {
 	case replaystore.Delivered:
@@ -84,20 +91,35 @@ func (h *Handler) forwardOnce(w http.ResponseWriter, r *http.Request, next caddy
 		h.logger.Debug("duplicate delivery answered without forwarding", zap.String("webhook_id", hdr.ID))
 		w.Header().Set("Content-Length", "0")
 		w.WriteHeader(http.StatusOK)
-		return nil
+		return c, true, nil
 	case replaystore.InFlight:
-		return h.refuse(w, r, outcomeInFlight, errInFlight, hdr.ID)
+		return c, true, h.refuse(w, r, outcomeInFlight, errInFlight, hdr.ID)
 	}
-	// Settling must outlive the sender, who may hang up once the app's
-	// status is out; the store bounds each of its calls.
-	settleCtx := context.WithoutCancel(r.Context())
+	c = claim{ticket: ticket, checked: true, ctx: context.WithoutCancel(r.Context())}
 	// Freshness once more, now that the id is claimed: a replay accepted
 	// at this moment was fresh when the store looked for its id, and the
 	// store keeps every delivered id until a replay of it cannot be.
 	if err := h.verifier.CheckTimestamp(hdr.Timestamp); err != nil {
-		h.settle(server, "release", h.replay.Release(settleCtx, hdr.ID, ticket))
-		return h.refuse(w, r, verdictOutcome(err), err, hdr.ID)
+		h.settle(server, "release", h.replay.Release(c.ctx, hdr.ID, ticket))
+		return c, true, h.refuse(w, r, verdictOutcome(err), err, hdr.ID)
 	}
+	return c, false, nil
+}
+
+// forwardOnce passes a verified delivery to next unless claimID answered it.
+// The id counts as delivered once next answers 2xx, whatever happens to the
+// rest of the answer; it is released when next answers otherwise, so the
+// sender's retry goes through, and left in flight until its lease ends when
+// the sender hung up first.
+func (h *Handler) forwardOnce(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, hdr verifier.Headers, server string) error {
+	c, answered, err := h.claimID(w, r, hdr, server)
+	if answered {
+		return err
+	}
+	if !c.checked {
+		return next.ServeHTTP(w, r)
+	}
+	ticket, settleCtx := c.ticket, c.ctx
 	requestsTotal.WithLabelValues(server, outcomeForwarded.name).Inc()
 	settled := false
 	// Called just before the app's status goes out: a 2xx is recorded
@@ -127,6 +149,25 @@ func (h *Handler) forwardOnce(w http.ResponseWriter, r *http.Request, next caddy
 	}()
 	err = next.ServeHTTP(rec, r)
 	returned = true
+	return err
+}
+
+// queueOnce queues a verified delivery unless claimID answered it. The id
+// counts as delivered once the delivery is stored: the app will get it from
+// the queue.
+func (h *Handler) queueOnce(w http.ResponseWriter, r *http.Request, body *bufferedBody, hdr verifier.Headers, server string) error {
+	c, answered, err := h.claimID(w, r, hdr, server)
+	if answered {
+		return err
+	}
+	stored, err := h.Queue.enqueue(w, r, h, body, hdr.ID, server)
+	if c.checked {
+		if stored {
+			h.settle(server, "delivered", h.replay.Delivered(c.ctx, hdr.ID, c.ticket))
+		} else {
+			h.settle(server, "release", h.replay.Release(c.ctx, hdr.ID, c.ticket))
+		}
+	}
 	return err
 }
 

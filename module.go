@@ -116,6 +116,11 @@ type Handler struct {
 	// type is forwarded, and bodies are never parsed for it.
 	Events []string `json:"events,omitempty"`
 
+	// Queue, when set, makes the handler terminal: verified deliveries are
+	// stored durably, answered 200, and delivered to the app in the
+	// background, with retries, instead of passed to the next handler.
+	Queue *Queue `json:"queue,omitempty"`
+
 	// ReplayStoreRaw is where delivered ids are remembered: a module of
 	// the namespace http.handlers.openai_webhook.replay_stores, chosen by
 	// its "backend" field: "memory" (the default; one Caddy process, kept
@@ -204,7 +209,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.budget = shared.(pooledBudget).budget
-	return h.provisionReplay(ctx, keys)
+	if err := h.provisionReplay(ctx, keys); err != nil {
+		return err
+	}
+	if h.Queue != nil {
+		return h.Queue.provision(ctx, h)
+	}
+	return nil
 }
 
 // Validate checks that every setting is within its range.
@@ -257,6 +268,9 @@ func expandSecrets(secrets []string) ([][]byte, error) {
 // handler.)
 func (h *Handler) Cleanup() error {
 	storeStats.leave(h)
+	if h.Queue != nil {
+		h.Queue.cleanup()
+	}
 	if h.budgetKey == "" {
 		return nil
 	}
@@ -324,7 +338,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		eventsTotal.WithLabelValues(server, eventTypeLabel(typ)).Inc()
 	}
-	if h.replay == nil {
+	switch {
+	case h.Queue != nil && h.replay == nil:
+		_, err := h.Queue.enqueue(w, r, h, body, headers.ID, server)
+		return err
+	case h.Queue != nil:
+		return h.queueOnce(w, r, body, headers, server)
+	case h.replay == nil:
 		requestsTotal.WithLabelValues(server, outcomeForwarded.name).Inc()
 		return next.ServeHTTP(w, withBody(r, body))
 	}
