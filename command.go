@@ -1,14 +1,17 @@
 package openaiwebhook
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/textproto"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -24,7 +27,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "openai-webhook",
-		Usage: "<demo|secret|sign|send|verify> [flags]",
+		Usage: "<demo|secret|sign|send|verify|queue> [flags]",
 		Short: "Try, sign, send and judge OpenAI webhook deliveries",
 		Long: `Tools for the openai_webhook handler:
 
@@ -33,6 +36,7 @@ func init() {
   sign     print the signature headers for a body
   send     send a signed test event, as OpenAI's "Send test event" does
   verify   judge a captured delivery offline, and say why it was refused
+  queue    show a running Caddy's queues, list, retry or drop dead letters
 
 Commands that sign or verify take the secret from --secret or, better (it
 stays out of shell history), from OPENAI_WEBHOOK_SECRET. No command prints
@@ -43,7 +47,7 @@ a secret it was given.`,
 
 // addCommands adds the subcommands of `caddy openai-webhook` to cmd.
 func addCommands(cmd *cobra.Command) {
-	cmd.AddCommand(demoCommand(), secretCommand(), signCommand(), sendCommand(), verifyCommand())
+	cmd.AddCommand(demoCommand(), secretCommand(), signCommand(), sendCommand(), verifyCommand(), queueCommand())
 }
 
 // secretEnv names the environment variable commands read the secret from.
@@ -314,4 +318,93 @@ func readHeaderFile(path string) (http.Header, error) {
 		hdr.Add(textproto.CanonicalMIMEHeaderKey(name), strings.Trim(value, " \t"))
 	}
 	return hdr, nil
+}
+
+func queueCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "queue status|dead|retry|drop [--address ADDR] [--queue NAME] [--id ID]",
+		Short: "Show the queues of a running Caddy, list their dead letters, retry or drop them",
+		Long: `Talks to the admin endpoint of a running Caddy (--address, default $CADDY_ADMIN
+or localhost:2019):
+
+  status   each queue's messages by state, as JSON
+  dead     a queue's dead letters: ids, times, attempts; never bodies
+  retry    retry the dead letter --id, or every dead letter of the queue
+  drop     drop the dead letter --id
+
+--queue names the queue (as status lists it) when several run.`,
+		Args:      cobra.ExactArgs(1),
+		ValidArgs: []string{"status", "dead", "retry", "drop"},
+		RunE:      runQueue,
+	}
+	cmd.Flags().String("address", "", "the admin endpoint (default: $CADDY_ADMIN or localhost:2019)")
+	cmd.Flags().String("queue", "", "the queue, when several run")
+	cmd.Flags().String("id", "", "the dead letter (retry: all when empty)")
+	cmd.Flags().Int("limit", 100, "dead: the most dead letters listed")
+	return cmd
+}
+
+func runQueue(cmd *cobra.Command, args []string) error {
+	address, _ := cmd.Flags().GetString("address")
+	if address == "" {
+		address = os.Getenv("CADDY_ADMIN")
+	}
+	if address == "" {
+		address = "localhost:2019"
+	}
+	query := url.Values{}
+	if name, _ := cmd.Flags().GetString("queue"); name != "" {
+		query.Set("queue", name)
+	}
+	id, _ := cmd.Flags().GetString("id")
+	method, path := http.MethodGet, "/openai-webhook/queues"
+	switch args[0] {
+	case "status":
+	case "dead":
+		path += "/dead"
+		limit, _ := cmd.Flags().GetInt("limit")
+		query.Set("limit", strconv.Itoa(limit))
+	case "retry":
+		method, path = http.MethodPost, path+"/retry"
+		if id != "" {
+			query.Set("id", id)
+		}
+	case "drop":
+		if id == "" {
+			return errors.New("--id: the dead letter to drop is required")
+		}
+		method, path = http.MethodPost, path+"/drop"
+		query.Set("id", id)
+	default:
+		return fmt.Errorf("%q is none of status, dead, retry, drop", args[0])
+	}
+	u := url.URL{Scheme: "http", Host: address, Path: path, RawQuery: query.Encode()}
+	req, err := http.NewRequestWithContext(cmd.Context(), method, u.String(), nil)
+	if err != nil {
+		return fmt.Errorf("--address: %w", err)
+	}
+	client := &http.Client{Timeout: 30 * time.Second}
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("the admin endpoint: %w", err)
+	}
+	defer resp.Body.Close()
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		var apiErr struct{ Error string }
+		if json.Unmarshal(answer, &apiErr) == nil && apiErr.Error != "" {
+			return fmt.Errorf("%s: %s", resp.Status, apiErr.Error)
+		}
+		return fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(answer))
+	}
+	var pretty bytes.Buffer
+	if json.Indent(&pretty, answer, "", "  ") != nil {
+		pretty.Reset()
+		pretty.Write(answer)
+	}
+	_, err = fmt.Fprintln(cmd.OutOrStdout(), strings.TrimSpace(pretty.String()))
+	return err
 }

@@ -326,6 +326,7 @@ type caddyServer struct {
 	config string // the Caddyfile
 	output *syncBuffer
 	exited <-chan struct{}
+	cmd    *exec.Cmd
 }
 
 // startCaddy runs Caddy with cfg, in an environment that holds
@@ -361,7 +362,22 @@ func (c *caddyServer) run(t *testing.T, e *e2e, addr string, env ...string) {
 		"XDG_DATA_HOME="+filepath.Join(c.dir, "data"),
 	)
 	cmd.Env = append(cmd.Env, env...)
+	c.cmd = cmd
 	c.output, c.exited = start(t, cmd, "caddy", addr)
+}
+
+// kill kills Caddy with SIGKILL, as a crash would, and waits until it is
+// gone.
+func (c *caddyServer) kill(t *testing.T) {
+	t.Helper()
+	if err := c.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-c.exited:
+	case <-time.After(waitBound):
+		t.Fatalf("caddy still runs %s after SIGKILL", waitBound)
+	}
 }
 
 func (c *caddyServer) writeConfig(t *testing.T, cfg caddyConfig) {
