@@ -95,6 +95,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "store twice", input: "openai_webhook {\n replay_store memory\n replay_store memory\n}", wantErr: "given twice"},
 		{name: "redis on_error", input: "openai_webhook {\n replay_store redis {\n on_error retry\n }\n}", wantErr: "on_error"},
 		{name: "redis unknown option", input: "openai_webhook {\n replay_store redis {\n cluster\n }\n}", wantErr: `unrecognized redis replay store option "cluster"`},
+		{name: "redis address with two values", input: "openai_webhook {\n replay_store redis {\n address redis://:pw-url-c93@r:6379 extra\n }\n}", wantErr: "address: takes exactly one value"},
 		{name: "redis password with two values", input: "openai_webhook {\n replay_store redis {\n password pw-one-a81 pw-two-b72\n }\n}", wantErr: "password: takes exactly one value"},
 		{name: "body_timeout without a unit", input: "openai_webhook {\n body_timeout 10\n}", wantErr: "body_timeout"},
 		{name: "negative body_timeout", input: "openai_webhook {\n body_timeout -1s\n}", wantErr: "body_timeout"},
@@ -119,6 +120,10 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
+				}
+				// The inputs' credentials all start with "pw-".
+				if strings.Contains(err.Error(), "pw-") {
+					t.Fatalf("error shows a credential: %v", err)
 				}
 				return
 			}

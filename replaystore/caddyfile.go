@@ -1,8 +1,6 @@
 package replaystore
 
 import (
-	"strconv"
-
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
@@ -55,38 +53,17 @@ func (r *Redis) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.ArgErr()
 	}
 	for d.NextBlock(0) {
+		if ok, err := r.Config.UnmarshalOption(d); ok {
+			if err != nil {
+				return err
+			}
+			continue
+		}
 		name := d.Val()
 		var err error
 		switch name {
-		case "address":
-			r.Address, err = stringArg(d)
-		case "username":
-			r.Username, err = stringArg(d)
-		case "password":
-			// Not stringArg's error: it would quote the extra value.
-			if !d.AllArgs(&r.Password) {
-				return d.Err("password: takes exactly one value")
-			}
-		case "db":
-			var v string
-			if v, err = stringArg(d); err == nil {
-				if r.DB, err = strconv.Atoi(v); err != nil || r.DB < 0 {
-					return d.Errf("db: %q is not a database number", v)
-				}
-			}
 		case "key_prefix":
 			r.KeyPrefix, err = stringArg(d)
-		case "tls":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			r.TLS = true
-		case "tls_ca":
-			r.TLSCA, err = stringArg(d)
-		case "tls_server_name":
-			r.TLSServerName, err = stringArg(d)
-		case "timeout":
-			r.Timeout, err = durationArg(d)
 		case "on_error":
 			if r.OnError, err = stringArg(d); err == nil && r.OnError != "refuse" && r.OnError != "forward" {
 				return d.Errf("on_error: %q is neither refuse nor forward", r.OnError)

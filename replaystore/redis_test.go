@@ -12,6 +12,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/webhookgate/caddy-openai-webhook/internal/redisconn"
 	"github.com/webhookgate/caddy-openai-webhook/internal/redistest"
 )
 
@@ -50,7 +51,7 @@ func claim(t *testing.T, s Store, id string) (State, Ticket) {
 // Redis: claims, leases, tickets, windows.
 func TestRedisLifecycle(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	s := openRedis(t, &Redis{Address: srv.Addr, InFlightTTL: caddy.Duration(300 * time.Millisecond)}, endpoint(time.Second, "fp-lifecycle"))
+	s := openRedis(t, &Redis{Config: redisconn.Config{Address: srv.Addr}, InFlightTTL: caddy.Duration(300 * time.Millisecond)}, endpoint(time.Second, "fp-lifecycle"))
 	ctx := context.Background()
 
 	if state, _ := claim(t, s, "a"); state != Claimed {
@@ -113,9 +114,9 @@ func TestRedisOneClaimAcrossInstances(t *testing.T) {
 	e := endpoint(time.Minute, "fp-race")
 	// Different timeouts, so different connection configurations: each
 	// store has a client of its own.
-	a := openRedis(t, &Redis{Address: srv.Addr, Timeout: caddy.Duration(time.Second)}, e)
-	b := openRedis(t, &Redis{Address: srv.Addr, Timeout: caddy.Duration(2 * time.Second)}, e)
-	if a.client == b.client {
+	a := openRedis(t, &Redis{Config: redisconn.Config{Address: srv.Addr, Timeout: caddy.Duration(time.Second)}}, e)
+	b := openRedis(t, &Redis{Config: redisconn.Config{Address: srv.Addr, Timeout: caddy.Duration(2 * time.Second)}}, e)
+	if a.Shares(&b.Config) {
 		t.Fatal("the two stores share a client")
 	}
 	for round := range 5 {
@@ -152,18 +153,18 @@ func TestRedisOneClaimAcrossInstances(t *testing.T) {
 func TestRedisScopeFollowsRotation(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	ctx := context.Background()
-	first := openRedis(t, &Redis{Address: srv.Addr}, endpoint(time.Minute, "fp-s1"))
+	first := openRedis(t, &Redis{Config: redisconn.Config{Address: srv.Addr}}, endpoint(time.Minute, "fp-s1"))
 	_, ticket := claim(t, first, "wh_rotated")
 	if err := first.Delivered(ctx, "wh_rotated", ticket); err != nil {
 		t.Fatal(err)
 	}
 	for _, fps := range [][]string{{"fp-s1", "fp-s2"}, {"fp-s2"}, {"fp-s2", "fp-s3"}, {"fp-s3"}} {
-		s := openRedis(t, &Redis{Address: srv.Addr}, endpoint(time.Minute, fps...))
+		s := openRedis(t, &Redis{Config: redisconn.Config{Address: srv.Addr}}, endpoint(time.Minute, fps...))
 		if state, _ := claim(t, s, "wh_rotated"); state != Delivered {
 			t.Fatalf("secrets %v: %d, want Delivered", fps, state)
 		}
 	}
-	other := openRedis(t, &Redis{Address: srv.Addr}, endpoint(time.Minute, "fp-other"))
+	other := openRedis(t, &Redis{Config: redisconn.Config{Address: srv.Addr}}, endpoint(time.Minute, "fp-other"))
 	if state, _ := claim(t, other, "wh_rotated"); state != Claimed {
 		t.Fatalf("another endpoint: %d, want Claimed", state)
 	}
@@ -179,8 +180,8 @@ func TestRedisScopeFollowsRotation(t *testing.T) {
 // store.
 func TestRedisDown(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	refuse := openRedis(t, &Redis{Address: srv.Addr, Timeout: caddy.Duration(200 * time.Millisecond)}, endpoint(time.Minute, "fp-down"))
-	forward := openRedis(t, &Redis{Address: srv.Addr, Timeout: caddy.Duration(300 * time.Millisecond), OnError: "forward"}, endpoint(time.Minute, "fp-down"))
+	refuse := openRedis(t, &Redis{Config: redisconn.Config{Address: srv.Addr, Timeout: caddy.Duration(200 * time.Millisecond)}}, endpoint(time.Minute, "fp-down"))
+	forward := openRedis(t, &Redis{Config: redisconn.Config{Address: srv.Addr, Timeout: caddy.Duration(300 * time.Millisecond)}, OnError: "forward"}, endpoint(time.Minute, "fp-down"))
 	// Concurrent calls open every connection the client multiplexes, each
 	// of which breaks with the server.
 	for _, s := range []Store{refuse, forward} {
@@ -256,19 +257,19 @@ func TestRedisAuthAndTLS(t *testing.T) {
 		store func(srv *redistest.Server) *Redis
 	}{
 		{"password", redistest.Options{Password: password}, func(srv *redistest.Server) *Redis {
-			return &Redis{Address: srv.Addr, Password: password}
+			return &Redis{Config: redisconn.Config{Address: srv.Addr, Password: password}}
 		}},
 		{"password in the URL", redistest.Options{Password: password}, func(srv *redistest.Server) *Redis {
-			return &Redis{Address: "redis://:" + password + "@" + srv.Addr + "/2"}
+			return &Redis{Config: redisconn.Config{Address: "redis://:" + password + "@" + srv.Addr + "/2"}}
 		}},
 		{"ACL user", redistest.Options{User: "webhooks", UserPassword: userPassword}, func(srv *redistest.Server) *Redis {
-			return &Redis{Address: srv.Addr, Username: "webhooks", Password: userPassword}
+			return &Redis{Config: redisconn.Config{Address: srv.Addr, Username: "webhooks", Password: userPassword}}
 		}},
 		{"TLS", redistest.Options{TLS: true}, func(srv *redistest.Server) *Redis {
-			return &Redis{Address: srv.Addr, TLSCA: srv.CAFile}
+			return &Redis{Config: redisconn.Config{Address: srv.Addr, TLSCA: srv.CAFile}}
 		}},
 		{"TLS with a server name", redistest.Options{TLS: true, Password: password}, func(srv *redistest.Server) *Redis {
-			return &Redis{Address: "rediss://" + srv.Addr, TLSCA: srv.CAFile, TLSServerName: "redis.test", Password: password}
+			return &Redis{Config: redisconn.Config{Address: "rediss://" + srv.Addr, TLSCA: srv.CAFile, TLSServerName: "redis.test", Password: password}}
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -282,7 +283,7 @@ func TestRedisAuthAndTLS(t *testing.T) {
 
 	t.Run("wrong password", func(t *testing.T) {
 		srv := redistest.Start(t, redistest.Options{Password: password})
-		s := openRedis(t, &Redis{Address: srv.Addr, Password: "not-" + password}, endpoint(time.Minute, "fp-auth"))
+		s := openRedis(t, &Redis{Config: redisconn.Config{Address: srv.Addr, Password: "not-" + password}}, endpoint(time.Minute, "fp-auth"))
 		_, _, err := s.Claim(context.Background(), "wh_auth")
 		if err == nil || strings.Contains(err.Error(), password) {
 			t.Fatalf("claim with a wrong password: %v", err)
@@ -290,7 +291,7 @@ func TestRedisAuthAndTLS(t *testing.T) {
 	})
 	t.Run("TLS, wrong name", func(t *testing.T) {
 		srv := redistest.Start(t, redistest.Options{TLS: true})
-		s := openRedis(t, &Redis{Address: srv.Addr, TLSCA: srv.CAFile, TLSServerName: "other.test", Timeout: caddy.Duration(time.Second)}, endpoint(time.Minute, "fp-auth"))
+		s := openRedis(t, &Redis{Config: redisconn.Config{Address: srv.Addr, TLSCA: srv.CAFile, TLSServerName: "other.test", Timeout: caddy.Duration(time.Second)}}, endpoint(time.Minute, "fp-auth"))
 		if _, _, err := s.Claim(context.Background(), "wh_auth"); err == nil {
 			t.Fatal("a certificate for another name was accepted")
 		}
@@ -308,16 +309,16 @@ func TestRedisProvisionErrors(t *testing.T) {
 		wantErr string
 	}{
 		{"no address", Redis{}, "address: required"},
-		{"missing password placeholder", Redis{Address: "127.0.0.1:6379", Password: "{env.REDISTEST_UNSET}"}, "password"},
-		{"empty password placeholder", Redis{Address: "127.0.0.1:6379", Password: "{env.REDISTEST_EMPTY}"}, "password"},
-		{"missing username placeholder", Redis{Address: "127.0.0.1:6379", Username: "{env.REDISTEST_UNSET}", Password: "{env.REDISTEST_PASSWORD}"}, "username"},
-		{"not host:port", Redis{Address: "localhost", Password: "{env.REDISTEST_PASSWORD}"}, "address: want host:port"},
-		{"other scheme", Redis{Address: "http://user:pw-in-url-5e7a@127.0.0.1:6379"}, "address: scheme"},
-		{"bad database in URL", Redis{Address: "redis://user:pw-in-url-5e7a@127.0.0.1:6379/x"}, "address: not a valid Redis URL"},
-		{"negative db", Redis{Address: "127.0.0.1:6379", DB: -1}, "db"},
-		{"on_error", Redis{Address: "127.0.0.1:6379", OnError: "ignore"}, "on_error"},
-		{"negative timeout", Redis{Address: "127.0.0.1:6379", Timeout: -1}, "timeout"},
-		{"tls_ca missing", Redis{Address: "127.0.0.1:6379", TLSCA: "/nonexistent/ca.pem"}, "tls_ca"},
+		{"missing password placeholder", Redis{Config: redisconn.Config{Address: "127.0.0.1:6379", Password: "{env.REDISTEST_UNSET}"}}, "password"},
+		{"empty password placeholder", Redis{Config: redisconn.Config{Address: "127.0.0.1:6379", Password: "{env.REDISTEST_EMPTY}"}}, "password"},
+		{"missing username placeholder", Redis{Config: redisconn.Config{Address: "127.0.0.1:6379", Username: "{env.REDISTEST_UNSET}", Password: "{env.REDISTEST_PASSWORD}"}}, "username"},
+		{"not host:port", Redis{Config: redisconn.Config{Address: "localhost", Password: "{env.REDISTEST_PASSWORD}"}}, "address: want host:port"},
+		{"other scheme", Redis{Config: redisconn.Config{Address: "http://user:pw-in-url-5e7a@127.0.0.1:6379"}}, "address: scheme"},
+		{"bad database in URL", Redis{Config: redisconn.Config{Address: "redis://user:pw-in-url-5e7a@127.0.0.1:6379/x"}}, "address: not a valid Redis URL"},
+		{"negative db", Redis{Config: redisconn.Config{Address: "127.0.0.1:6379", DB: -1}}, "db"},
+		{"on_error", Redis{Config: redisconn.Config{Address: "127.0.0.1:6379"}, OnError: "ignore"}, "on_error"},
+		{"negative timeout", Redis{Config: redisconn.Config{Address: "127.0.0.1:6379", Timeout: -1}}, "timeout"},
+		{"tls_ca missing", Redis{Config: redisconn.Config{Address: "127.0.0.1:6379", TLSCA: "/nonexistent/ca.pem"}}, "tls_ca"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
@@ -341,10 +342,10 @@ func TestRedisProvisionErrors(t *testing.T) {
 // client, kept while any of them lives, as across a config reload.
 func TestRedisClientShared(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	old := openRedis(t, &Redis{Address: srv.Addr}, endpoint(time.Minute, "fp-shared"))
+	old := openRedis(t, &Redis{Config: redisconn.Config{Address: srv.Addr}}, endpoint(time.Minute, "fp-shared"))
 	claim(t, old, "wh_shared_1")
-	reloaded := openRedis(t, &Redis{Address: srv.Addr}, endpoint(time.Minute, "fp-shared"))
-	if old.client != reloaded.client {
+	reloaded := openRedis(t, &Redis{Config: redisconn.Config{Address: srv.Addr}}, endpoint(time.Minute, "fp-shared"))
+	if !old.Shares(&reloaded.Config) {
 		t.Fatal("a reload with the same connection configuration made a new client")
 	}
 	if err := old.Cleanup(); err != nil {
@@ -360,7 +361,7 @@ func TestRedisClientShared(t *testing.T) {
 // shape.
 func BenchmarkRedisBytesPerID(b *testing.B) {
 	srv := redistest.Start(b, redistest.Options{})
-	s := openRedis(b, &Redis{Address: srv.Addr}, endpoint(time.Hour, "fp-bytes"))
+	s := openRedis(b, &Redis{Config: redisconn.Config{Address: srv.Addr}}, endpoint(time.Hour, "fp-bytes"))
 	ctx := context.Background()
 	const n = 100_000
 	for b.Loop() {
