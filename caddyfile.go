@@ -1,10 +1,8 @@
 package openaiwebhook
 
 import (
-	"errors"
 	"fmt"
 	"math"
-	"strconv"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
@@ -15,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/dustin/go-humanize"
 
+	"github.com/webhookgate/caddy-openai-webhook/internal/cfparse"
 	"github.com/webhookgate/caddy-openai-webhook/internal/verifier"
 )
 
@@ -74,21 +73,21 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		switch name {
 		case "secret":
 			var secret string
-			if secret, err = oneArg(d); err == nil {
+			if secret, err = cfparse.One(d); err == nil {
 				h.Secrets = append(h.Secrets, secret)
 			}
 		case "tolerance":
-			h.Tolerance, err = parseArg(d, parseDuration)
+			h.Tolerance, err = cfparse.With(d, cfparse.Duration)
 		case "max_size":
-			h.MaxSize, err = parseArg(d, func(v string) (int64, error) { return parseSize(v, MaxMaxSize) })
+			h.MaxSize, err = cfparse.With(d, func(v string) (int64, error) { return parseSize(v, MaxMaxSize) })
 		case "body_timeout":
-			h.BodyTimeout, err = parseArg(d, parseDuration)
+			h.BodyTimeout, err = cfparse.With(d, cfparse.Duration)
 		case "max_unverified":
-			h.MaxUnverified, err = parseArg(d, func(v string) (int64, error) { return parseSize(v, math.MaxInt64) })
+			h.MaxUnverified, err = cfparse.With(d, func(v string) (int64, error) { return parseSize(v, math.MaxInt64) })
 		case "replay_window":
-			h.ReplayWindow, err = parseArg(d, parseReplayWindow)
+			h.ReplayWindow, err = cfparse.With(d, parseReplayWindow)
 		case "replay_capacity":
-			h.ReplayCapacity, err = parseArg(d, parseCount)
+			h.ReplayCapacity, err = cfparse.With(d, cfparse.Count)
 		case "events":
 			patterns := d.RemainingArgs()
 			if len(patterns) == 0 {
@@ -157,7 +156,7 @@ func (q *Queue) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		var err error
 		switch name {
 		case "to":
-			q.To, err = oneArg(d)
+			q.To, err = cfparse.One(d)
 		case "store":
 			if !d.NextArg() {
 				return d.Err("queue: store: the engine's name (file, redis) is missing")
@@ -178,18 +177,18 @@ func (q *Queue) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Err("queue: retry: at least one duration is required")
 			}
 			for _, v := range delays {
-				dur, err := parseDuration(v)
+				dur, err := cfparse.Duration(v)
 				if err != nil {
 					return d.Errf("queue: retry: %v", err)
 				}
 				q.Retry = append(q.Retry, dur)
 			}
 		case "timeout":
-			q.Timeout, err = parseArg(d, parseDuration)
+			q.Timeout, err = cfparse.With(d, cfparse.Duration)
 		case "workers":
-			q.Workers, err = parseArg(d, parseCount)
+			q.Workers, err = cfparse.With(d, cfparse.Count)
 		case "max_pending":
-			q.MaxPending, err = parseArg(d, parseCount)
+			q.MaxPending, err = cfparse.With(d, cfparse.Count)
 		case "tls_trust_pool":
 			if !d.NextArg() {
 				return d.Err("queue: tls_trust_pool: the source's name (file, inline, ...) is missing")
@@ -201,11 +200,9 @@ func (q *Queue) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			q.tls().CARaw = caddyconfig.JSONModuleObject(pool, "provider", source, nil)
 		case "tls_server_name":
-			q.tls().ServerName, err = oneArg(d)
+			q.tls().ServerName, err = cfparse.One(d)
 		case "tls_insecure_skip_verify":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
+			err = cfparse.Flag(d)
 			q.tls().InsecureSkipVerify = true
 		default:
 			return d.Errf("unrecognized openai_webhook queue option %q", name)
@@ -225,59 +222,16 @@ func (q *Queue) tls() *reverseproxy.TLSConfig {
 	return q.TLS
 }
 
-var errOneValue = errors.New("takes exactly one value")
-
-// oneArg returns the subdirective's one value.
-func oneArg(d *caddyfile.Dispenser) (string, error) {
-	var value string
-	if !d.AllArgs(&value) {
-		return "", errOneValue
-	}
-	return value, nil
-}
-
-// parseArg parses the subdirective's one value with parse.
-func parseArg[T any](d *caddyfile.Dispenser, parse func(string) (T, error)) (T, error) {
-	value, err := oneArg(d)
-	if err != nil {
-		var zero T
-		return zero, err
-	}
-	return parse(value)
-}
-
 // parseReplayWindow parses a positive duration or "off" (-1).
 func parseReplayWindow(v string) (caddy.Duration, error) {
 	if v == "off" {
 		return -1, nil
 	}
-	dur, err := parseDuration(v)
+	dur, err := cfparse.Duration(v)
 	if err != nil {
 		return 0, fmt.Errorf("%q is neither a positive duration nor off", v)
 	}
 	return dur, nil
-}
-
-// parseCount parses a positive whole number.
-func parseCount(v string) (int, error) {
-	n, err := strconv.Atoi(v)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("%q is not a positive whole number", v)
-	}
-	return n, nil
-}
-
-// parseDuration parses a positive duration in Caddy's syntax (which adds
-// days, "1d").
-func parseDuration(v string) (caddy.Duration, error) {
-	dur, err := caddy.ParseDuration(v)
-	if err != nil {
-		return 0, err
-	}
-	if dur <= 0 {
-		return 0, fmt.Errorf("%q is not a positive duration", v)
-	}
-	return caddy.Duration(dur), nil
 }
 
 // parseSize parses a size in Caddy's syntax ("64KiB", "1MB"), from 1 byte
@@ -285,10 +239,10 @@ func parseDuration(v string) (caddy.Duration, error) {
 func parseSize(v string, limit uint64) (int64, error) {
 	size, err := humanize.ParseBytes(v)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("%q is not a size (such as 64KiB or 1MB)", v)
 	}
 	if size == 0 || size > limit {
-		return 0, fmt.Errorf("%s is not between 1 byte and %s", v, humanize.IBytes(limit))
+		return 0, fmt.Errorf("%q is not between 1 byte and %s", v, humanize.IBytes(limit))
 	}
 	return int64(size), nil
 }

@@ -205,12 +205,14 @@ func verifyCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "verify [--secret S]... [--tolerance D] --headers FILE [--file F]",
 		Short: "Judge a captured delivery as the handler would, and say why it is refused",
-		Long: `Reads the headers from --headers (lines of "name: value", as sign prints them or
-a header dump holds them; other lines are skipped) and the body from --file or
-standard input, and judges the delivery with the handler's verifier, against
-the current time. Prints the verdict and its precise reason: which header is
-malformed, how stale the timestamp is and in which direction, or that no
-signature entry matches any secret given. Exits 0 only for a valid delivery.`,
+		Long: `Reads the headers from --headers (lines of "name: value", as sign prints them
+or curl -D saves them; blank lines and HTTP/ status lines are skipped, any other
+line is an error) and the body from --file or standard input, and judges the
+delivery with the handler's verifier, against the current time. Prints the
+verdict and its precise reason: which header is malformed, how stale the
+timestamp is and in which direction, or that no signature entry matches any
+secret given; for a valid delivery, which of the secrets (in the order given)
+signed it. Exits 0 only for a valid delivery.`,
 		Args: cobra.NoArgs,
 		RunE: runVerify,
 	}
@@ -253,9 +255,10 @@ func runVerify(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 	out := cmd.OutOrStdout()
+	key := -1
 	headers, err := signatureHeaders(hdr)
 	if err == nil {
-		err = v.Verify(headers, body)
+		key, err = v.Verify(headers, body)
 	}
 	if err != nil {
 		o := verdictOutcome(err)
@@ -263,8 +266,8 @@ func runVerify(cmd *cobra.Command, _ []string) error {
 		return errRefused
 	}
 	sent, _ := verifier.ParseTimestamp(headers.Timestamp)
-	_, err = fmt.Fprintf(out, "valid: webhook-id %s, signed %s (tolerance %s), %d bytes of body\n",
-		headers.ID, age(now.Unix()-sent), tolerance, len(body))
+	_, err = fmt.Fprintf(out, "valid: webhook-id %s, signed %s (tolerance %s) with secret %d of %d, %d bytes of body\n",
+		headers.ID, age(now.Unix()-sent), tolerance, key+1, len(keys), len(body))
 	return err
 }
 

@@ -119,6 +119,31 @@ func TestEventsAllowList(t *testing.T) {
 	}
 }
 
+// TestEventsCountedWhenPassedOn: events_total counts a type once per
+// delivery passed on; a duplicate the replay store answers, or a filtered
+// type, adds nothing.
+func TestEventsCountedWhenPassedOn(t *testing.T) {
+	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}, Events: []string{"response.*"}})
+	completed := eventsTotal.WithLabelValues("UNKNOWN", "response.completed")
+	before := testutil.ToFloat64(completed)
+	for i, tc := range []struct {
+		id, body string
+		added    float64
+	}{
+		{"wh_counted_1", `{"type":"response.completed"}`, 1},
+		{"wh_counted_1", `{"type":"response.completed"}`, 0}, // duplicate
+		{"wh_counted_2", `{"type":"response.completed"}`, 1},
+		{"wh_counted_3", `{"type":"batch.completed"}`, 0}, // filtered
+	} {
+		deliverBody(t, h, tc.id, []byte(tc.body), new(eventNext))
+		after := testutil.ToFloat64(completed)
+		if after-before != tc.added {
+			t.Errorf("delivery %d (%s): events_total rose by %v, want %v", i, tc.id, after-before, tc.added)
+		}
+		before = after
+	}
+}
+
 // TestEventPlaceholders: the event's type and id, for header_up, matchers
 // and logs; empty for a body without them.
 func TestEventPlaceholders(t *testing.T) {

@@ -74,7 +74,8 @@ type claim struct {
 // delivery goes no further: 200 and empty for an id already delivered, 409
 // for one being forwarded, 503 when the store cannot answer (OpenAI
 // retries it), 401 when the delivery went stale meanwhile.
-func (h *Handler) claimID(w http.ResponseWriter, r *http.Request, hdr verifier.Headers, server string) (c claim, answered bool, err error) {
+func (h *Handler) claimID(w http.ResponseWriter, r *http.Request, d delivery) (c claim, answered bool, err error) {
+	hdr, server := d.hdr, d.server
 	state, ticket, err := h.replay.Claim(r.Context(), hdr.ID)
 	if err != nil {
 		h.storeFailed(server, "claim", err)
@@ -82,7 +83,6 @@ func (h *Handler) claimID(w http.ResponseWriter, r *http.Request, hdr verifier.H
 			w.Header().Set("Retry-After", storeRetryAfter)
 			return c, true, h.refuse(w, r, outcomeStoreUnavailable, errStoreUnavailable, hdr.ID)
 		}
-		requestsTotal.WithLabelValues(server, outcomeUnchecked.name).Inc()
 		return c, false, nil
 	}
 	switch state {
@@ -111,16 +111,17 @@ func (h *Handler) claimID(w http.ResponseWriter, r *http.Request, hdr verifier.H
 // rest of the answer; it is released when next answers otherwise, so the
 // sender's retry goes through, and left in flight until its lease ends when
 // the sender hung up first.
-func (h *Handler) forwardOnce(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, hdr verifier.Headers, server string) error {
-	c, answered, err := h.claimID(w, r, hdr, server)
+func (h *Handler) forwardOnce(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d delivery) error {
+	c, answered, err := h.claimID(w, r, d)
 	if answered {
 		return err
 	}
 	if !c.checked {
+		h.passedOn(d, outcomeUnchecked)
 		return next.ServeHTTP(w, r)
 	}
-	ticket, settleCtx := c.ticket, c.ctx
-	requestsTotal.WithLabelValues(server, outcomeForwarded.name).Inc()
+	hdr, server, ticket, settleCtx := d.hdr, d.server, c.ticket, c.ctx
+	h.passedOn(d, outcomeForwarded)
 	settled := false
 	// Called just before the app's status goes out: a 2xx is recorded
 	// first, so that a sender who sees it and sends again gets a
@@ -155,20 +156,36 @@ func (h *Handler) forwardOnce(w http.ResponseWriter, r *http.Request, next caddy
 // queueOnce queues a verified delivery unless claimID answered it. The id
 // counts as delivered once the delivery is stored: the app will get it from
 // the queue.
-func (h *Handler) queueOnce(w http.ResponseWriter, r *http.Request, body *bufferedBody, hdr verifier.Headers, server string) error {
-	c, answered, err := h.claimID(w, r, hdr, server)
+func (h *Handler) queueOnce(w http.ResponseWriter, r *http.Request, body *bufferedBody, d delivery) error {
+	c, answered, err := h.claimID(w, r, d)
 	if answered {
 		return err
 	}
-	stored, err := h.Queue.enqueue(w, r, h, body, hdr.ID, server)
+	stored, err := h.Queue.enqueue(w, r, h, body, d)
 	if c.checked {
 		if stored {
-			h.settle(server, "delivered", h.replay.Delivered(c.ctx, hdr.ID, c.ticket))
+			h.settle(d.server, "delivered", h.replay.Delivered(c.ctx, d.hdr.ID, c.ticket))
 		} else {
-			h.settle(server, "release", h.replay.Release(c.ctx, hdr.ID, c.ticket))
+			h.settle(d.server, "release", h.replay.Release(c.ctx, d.hdr.ID, c.ticket))
 		}
 	}
 	return err
+}
+
+// delivery is a verified delivery on its way on.
+type delivery struct {
+	hdr    verifier.Headers
+	server string // the name of the Caddy server it came to
+	event  string // its event type's metrics label; "" without events
+}
+
+// passedOn counts a delivery that goes on to the app, now or from the
+// queue, with outcome o; and its event type, when the handler has events.
+func (h *Handler) passedOn(d delivery, o outcome) {
+	requestsTotal.WithLabelValues(d.server, o.name).Inc()
+	if d.event != "" {
+		eventsTotal.WithLabelValues(d.server, d.event).Inc()
+	}
 }
 
 // storeRetryAfter is the Retry-After of a 503 for a store that could not

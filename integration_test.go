@@ -175,6 +175,23 @@ func TestCaddyReverseProxy(t *testing.T) {
 	if resp.StatusCode != http.StatusUnauthorized || !resp.Close {
 		t.Fatalf("unsigned request with an unsent body: %d, close=%v; want 401 and close", resp.StatusCode, resp.Close)
 	}
+
+	// The handler's metrics are on the admin endpoint without the metrics
+	// global option (which only adds Caddy's own HTTP metrics).
+	metrics, err := tester.Client.Get("http://localhost:2999/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer metrics.Body.Close()
+	scraped, _ := io.ReadAll(metrics.Body)
+	for _, series := range []string{
+		`caddy_openai_webhook_requests_total{outcome="forwarded",server="srv0"}`,
+		`caddy_openai_webhook_requests_total{outcome="too_large",server="srv0"}`,
+	} {
+		if !bytes.Contains(scraped, []byte(series)) {
+			t.Errorf("admin /metrics has no %s", series)
+		}
+	}
 }
 
 // newUpstream serves app on a free port of 127.0.0.1 for the test and

@@ -60,8 +60,18 @@ var (
 		Help:      "Replay store operations that failed, by server and operation.",
 	}, []string{"server", "operation"})
 
-	// eventsTotal counts the verified deliveries passed on by event type,
-	// on handlers with events (the only ones that read the type).
+	// verifiedTotal counts verified deliveries by the secret that signed
+	// them, so that a rotation can be followed.
+	verifiedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy",
+		Subsystem: "openai_webhook",
+		Name:      "verified_total",
+		Help:      "Deliveries whose signature verified, by server and the position in secrets (from 0) of the secret that signed them.",
+	}, []string{"server", "secret"})
+
+	// eventsTotal counts the verified deliveries passed on (forwarded,
+	// queued or unchecked) by event type, on handlers with events (the
+	// only ones that read the type): not duplicates, nor refusals.
 	eventsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy",
 		Subsystem: "openai_webhook",
@@ -74,7 +84,7 @@ func registerMetrics(registry *prometheus.Registry) error {
 	if registry == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{requestsTotal, replayStoreErrors, eventsTotal, storeStats,
+	for _, c := range []prometheus.Collector{requestsTotal, replayStoreErrors, verifiedTotal, eventsTotal, storeStats,
 		queueAttempts, queueStoreErrors, queueCollector{}} {
 		err := registry.Register(c)
 		if err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {

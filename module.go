@@ -33,6 +33,7 @@ func init() {
 
 // Defaults and limits of the configuration.
 const (
+	MaxTolerance         = 24 * time.Hour
 	DefaultMaxSize       = 1 << 20
 	MaxMaxSize           = 1 << 30
 	DefaultBodyTimeout   = 10 * time.Second
@@ -69,7 +70,7 @@ type Handler struct {
 
 	// Tolerance is how far webhook-timestamp may be from the current time in
 	// either direction, judged when the headers arrive and again when the
-	// body has been read. At least 1s. Default: 5m.
+	// body has been read. Between 1s and 24h. Default: 5m.
 	Tolerance caddy.Duration `json:"tolerance,omitempty"`
 
 	// MaxSize is the largest body accepted, in bytes; a longer one is refused
@@ -221,16 +222,18 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // Validate checks that every setting is within its range.
 func (h *Handler) Validate() error {
 	switch {
-	case h.Tolerance < caddy.Duration(time.Second):
-		return fmt.Errorf("tolerance: %v is shorter than 1s", time.Duration(h.Tolerance))
+	case h.Tolerance < caddy.Duration(time.Second) || h.Tolerance > caddy.Duration(MaxTolerance):
+		return fmt.Errorf("tolerance: %v is not between 1s and %v", time.Duration(h.Tolerance), MaxTolerance)
 	case h.MaxSize < 1 || h.MaxSize > MaxMaxSize:
 		return fmt.Errorf("max_size: %d is not between 1 and %d bytes", h.MaxSize, MaxMaxSize)
 	case h.BodyTimeout <= 0:
 		return fmt.Errorf("body_timeout: %v is not a positive duration", time.Duration(h.BodyTimeout))
 	case h.MaxUnverified < chunksOf(h.MaxSize):
-		return fmt.Errorf("max_unverified: %d bytes is less than the %d one body of max_size occupies", h.MaxUnverified, chunksOf(h.MaxSize))
+		return fmt.Errorf("max_unverified: %d bytes is less than the %d bytes that one body of max_size occupies (max_size rounded up to 32 KiB)", h.MaxUnverified, chunksOf(h.MaxSize))
 	case h.ReplayCapacity < 0:
 		return fmt.Errorf("replay_capacity: %d is negative", h.ReplayCapacity)
+	case h.ReplayWindow < 0 && h.ReplayStoreRaw != nil:
+		return errors.New("replay_store: set while replay_window is off, which would leave it unused")
 	}
 	_, err := newEventFilter(h.Events)
 	return err
@@ -306,11 +309,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		msg.Discard()
 		return h.refuse(w, r, readOutcome(err), err, headers.ID)
 	}
-	if err := msg.Finish(); err != nil {
+	key, err := msg.Finish()
+	if err != nil {
 		body.release()
 		return h.refuse(w, r, verdictOutcome(err), err, headers.ID)
 	}
 	body.verified()
+	d := delivery{hdr: headers, server: h.serverOf(r)}
+	verifiedTotal.WithLabelValues(d.server, strconv.Itoa(key)).Inc()
 	// Held until Caddy is done with the request, so that placeholders read
 	// after the forward (log_append, the access log) still find the event.
 	context.AfterFunc(r.Context(), body.release)
@@ -330,25 +336,24 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		return nil, false
 	})
-	server := h.serverOf(r)
 	if h.events != nil {
 		typ, _ := ev.fields()
 		if !h.events.matches(typ) {
-			return h.filter(w, server, headers.ID, typ)
+			return h.filter(w, d.server, headers.ID, typ)
 		}
-		eventsTotal.WithLabelValues(server, eventTypeLabel(typ)).Inc()
+		d.event = eventTypeLabel(typ)
 	}
 	switch {
 	case h.Queue != nil && h.replay == nil:
-		_, err := h.Queue.enqueue(w, r, h, body, headers.ID, server)
+		_, err := h.Queue.enqueue(w, r, h, body, d)
 		return err
 	case h.Queue != nil:
-		return h.queueOnce(w, r, body, headers, server)
+		return h.queueOnce(w, r, body, d)
 	case h.replay == nil:
-		requestsTotal.WithLabelValues(server, outcomeForwarded.name).Inc()
+		h.passedOn(d, outcomeForwarded)
 		return next.ServeHTTP(w, withBody(r, body))
 	}
-	return h.forwardOnce(w, withBody(r, body), next, headers, server)
+	return h.forwardOnce(w, withBody(r, body), next, d)
 }
 
 // filter answers a verified delivery of a type the allow-list leaves out:

@@ -3,9 +3,11 @@ package openaiwebhook
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -301,6 +303,10 @@ func TestProvisionErrors(t *testing.T) {
 		{name: "no prefix", h: Handler{Secrets: []string{strings.TrimPrefix(webhooktest.Secret, "whsec_")}}, wantErr: "secrets[0]"},
 		{name: "tolerance too short", h: Handler{Secrets: []string{webhooktest.Secret}, Tolerance: caddy.Duration(500 * time.Millisecond)}, wantErr: "tolerance"},
 		{name: "negative tolerance", h: Handler{Secrets: []string{webhooktest.Secret}, Tolerance: caddy.Duration(-time.Minute)}, wantErr: "tolerance"},
+		{name: "tolerance of a day", h: Handler{Secrets: []string{webhooktest.Secret}, Tolerance: caddy.Duration(24 * time.Hour)}},
+		{name: "tolerance over a day", h: Handler{Secrets: []string{webhooktest.Secret}, Tolerance: caddy.Duration(24*time.Hour + time.Second)}, wantErr: "tolerance"},
+		{name: "huge tolerance", h: Handler{Secrets: []string{webhooktest.Secret}, Tolerance: caddy.Duration(math.MaxInt64)}, wantErr: "tolerance"},
+		{name: "replay_store with replay_window off", h: Handler{Secrets: []string{webhooktest.Secret}, ReplayWindow: -1, ReplayStoreRaw: []byte(`{"backend":"memory"}`)}, wantErr: "replay_store"},
 		{name: "negative max_size", h: Handler{Secrets: []string{webhooktest.Secret}, MaxSize: -1}, wantErr: "max_size"},
 		{name: "huge max_size", h: Handler{Secrets: []string{webhooktest.Secret}, MaxSize: 2 << 30}, wantErr: "max_size"},
 		{name: "negative body_timeout", h: Handler{Secrets: []string{webhooktest.Secret}, BodyTimeout: caddy.Duration(-time.Second)}, wantErr: "body_timeout"},
@@ -458,5 +464,43 @@ func TestBodyTimeout(t *testing.T) {
 	got, err := serve(h, r)
 	if statusOf(err) != http.StatusRequestTimeout || got.calls != 0 {
 		t.Fatalf("a stalled body: %v with %d forwards, want 408 and none", err, got.calls)
+	}
+}
+
+// TestVerifiedCountedBySecret: verified_total tells which secret signed
+// each delivery, by its position in secrets, so that an operator can see a
+// rotation through; a refused delivery counts under none.
+func TestVerifiedCountedBySecret(t *testing.T) {
+	other := "whsec_" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{0x42}, 32))
+	for _, tc := range []struct {
+		secrets []string
+		signer  string // the label of webhooktest.Secret
+	}{
+		{[]string{webhooktest.Secret, other}, "0"},
+		{[]string{other, webhooktest.Secret}, "1"},
+	} {
+		h, _ := provisioned(t, &Handler{Secrets: tc.secrets})
+		counted := func() (signer, others float64) {
+			for _, label := range []string{"0", "1"} {
+				n := testutil.ToFloat64(verifiedTotal.WithLabelValues("UNKNOWN", label))
+				if label == tc.signer {
+					signer = n
+				} else {
+					others = n
+				}
+			}
+			return signer, others
+		}
+		signer, others := counted()
+		deliverBody(t, h, "wh_by_secret_"+tc.signer, []byte(`{}`), new(eventNext))
+		r := signedRequest(t, "wh_by_secret_tampered", []byte(`{}`), time.Now())
+		r.Body = io.NopCloser(strings.NewReader(`{"x":1}`))
+		r.ContentLength = 7
+		_ = h.ServeHTTP(httptest.NewRecorder(), r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer())), new(eventNext))
+		signerAfter, othersAfter := counted()
+		if signerAfter-signer != 1 || othersAfter != others {
+			t.Errorf("signed by the secret at %s: its count rose by %v, the other's by %v; want 1 and 0",
+				tc.signer, signerAfter-signer, othersAfter-others)
+		}
 	}
 }

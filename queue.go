@@ -190,8 +190,8 @@ var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Te", 
 
 // enqueue stores a verified delivery and answers its sender: 200 once it is
 // stored, 503 when it cannot be. It reports whether it stored it.
-func (q *Queue) enqueue(w http.ResponseWriter, r *http.Request, h *Handler, body *bufferedBody, id, server string) (bool, error) {
-	m := &queue.Message{WebhookID: id, Header: r.Header.Clone()}
+func (q *Queue) enqueue(w http.ResponseWriter, r *http.Request, h *Handler, body *bufferedBody, d delivery) (bool, error) {
+	m := &queue.Message{WebhookID: d.hdr.ID, Header: r.Header.Clone()}
 	for _, name := range hopHeaders {
 		m.Header.Del(name)
 	}
@@ -208,9 +208,9 @@ func (q *Queue) enqueue(w http.ResponseWriter, r *http.Request, h *Handler, body
 			q.failed("enqueue", err)
 		}
 		w.Header().Set("Retry-After", retryAfter)
-		return false, h.refuse(w, r, o, fmt.Errorf("queueing: %w", err), id)
+		return false, h.refuse(w, r, o, fmt.Errorf("queueing: %w", err), d.hdr.ID)
 	}
-	requestsTotal.WithLabelValues(server, outcomeQueued.name).Inc()
+	h.passedOn(d, outcomeQueued)
 	select {
 	case q.wake <- struct{}{}:
 	default: // every worker is busy or already woken

@@ -1,8 +1,11 @@
 package replaystore
 
 import (
-	"github.com/caddyserver/caddy/v2"
+	"fmt"
+
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/webhookgate/caddy-openai-webhook/internal/cfparse"
 )
 
 // UnmarshalCaddyfile sets up the memory store from Caddyfile tokens,
@@ -17,15 +20,16 @@ func (m *Memory) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.ArgErr()
 	}
 	for d.NextBlock(0) {
-		switch d.Val() {
+		name := d.Val()
+		var err error
+		switch name {
 		case "in_flight_ttl":
-			dur, err := durationArg(d)
-			if err != nil {
-				return err
-			}
-			m.InFlightTTL = dur
+			m.InFlightTTL, err = cfparse.With(d, cfparse.Duration)
 		default:
-			return d.Errf("unrecognized memory replay store option %q", d.Val())
+			return d.Errf("unrecognized memory replay store option %q", name)
+		}
+		if err != nil {
+			return d.Errf("%s: %v", name, err)
 		}
 	}
 	return nil
@@ -63,44 +67,24 @@ func (r *Redis) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		var err error
 		switch name {
 		case "key_prefix":
-			r.KeyPrefix, err = stringArg(d)
+			r.KeyPrefix, err = cfparse.One(d)
 		case "on_error":
-			if r.OnError, err = stringArg(d); err == nil && r.OnError != "refuse" && r.OnError != "forward" {
-				return d.Errf("on_error: %q is neither refuse nor forward", r.OnError)
-			}
+			r.OnError, err = cfparse.With(d, func(v string) (string, error) {
+				if v != "refuse" && v != "forward" {
+					return "", fmt.Errorf("%q is neither refuse nor forward", v)
+				}
+				return v, nil
+			})
 		case "in_flight_ttl":
-			r.InFlightTTL, err = durationArg(d)
+			r.InFlightTTL, err = cfparse.With(d, cfparse.Duration)
 		default:
 			return d.Errf("unrecognized redis replay store option %q", name)
 		}
 		if err != nil {
-			return err
+			return d.Errf("%s: %v", name, err)
 		}
 	}
 	return nil
-}
-
-// stringArg returns the option's one value.
-func stringArg(d *caddyfile.Dispenser) (string, error) {
-	var v string
-	if !d.AllArgs(&v) {
-		return "", d.ArgErr()
-	}
-	return v, nil
-}
-
-// durationArg returns the option's one value, a positive duration.
-func durationArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
-	name := d.Val()
-	v, err := stringArg(d)
-	if err != nil {
-		return 0, err
-	}
-	dur, err := caddy.ParseDuration(v)
-	if err != nil || dur <= 0 {
-		return 0, d.Errf("%s: %q is not a positive duration", name, v)
-	}
-	return caddy.Duration(dur), nil
 }
 
 // Interface guards

@@ -23,6 +23,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/redis/rueidis"
+
+	"github.com/webhookgate/caddy-openai-webhook/internal/cfparse"
 )
 
 // Config is a connection to a Redis server (or Valkey). Standalone Redis:
@@ -166,50 +168,35 @@ func (c *Config) UnmarshalOption(d *caddyfile.Dispenser) (bool, error) {
 	var err error
 	switch name {
 	case "address":
-		c.Address, err = oneArg(d, name)
+		c.Address, err = cfparse.One(d)
 	case "username":
-		c.Username, err = oneArg(d, name)
+		c.Username, err = cfparse.One(d)
 	case "password":
-		c.Password, err = oneArg(d, name)
+		c.Password, err = cfparse.One(d)
 	case "db":
-		var v string
-		if v, err = oneArg(d, name); err == nil {
-			if c.DB, err = strconv.Atoi(v); err != nil || c.DB < 0 {
-				return true, d.Errf("db: %q is not a database number", v)
+		c.DB, err = cfparse.With(d, func(v string) (int, error) {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				return 0, fmt.Errorf("%q is not a database number", v)
 			}
-		}
+			return n, nil
+		})
 	case "tls":
-		if d.NextArg() {
-			return true, d.ArgErr()
-		}
+		err = cfparse.Flag(d)
 		c.TLS = true
 	case "tls_ca":
-		c.TLSCA, err = oneArg(d, name)
+		c.TLSCA, err = cfparse.One(d)
 	case "tls_server_name":
-		c.TLSServerName, err = oneArg(d, name)
+		c.TLSServerName, err = cfparse.One(d)
 	case "timeout":
-		var v string
-		if v, err = oneArg(d, name); err == nil {
-			dur, perr := caddy.ParseDuration(v)
-			if perr != nil || dur <= 0 {
-				return true, d.Errf("timeout: %q is not a positive duration", v)
-			}
-			c.Timeout = caddy.Duration(dur)
-		}
+		c.Timeout, err = cfparse.With(d, cfparse.Duration)
 	default:
 		return false, nil
 	}
-	return true, err
-}
-
-// oneArg reads the option's one value. Its error names the option and
-// quotes no value: an address or a password can hold a credential.
-func oneArg(d *caddyfile.Dispenser, name string) (string, error) {
-	var v string
-	if !d.AllArgs(&v) {
-		return "", d.Errf("%s: takes exactly one value", name)
+	if err != nil {
+		return true, d.Errf("%s: %v", name, err)
 	}
-	return v, nil
+	return true, nil
 }
 
 // clientOption builds the client's options from the fields, and returns

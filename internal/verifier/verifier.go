@@ -168,22 +168,29 @@ func (m *Message) Write(p []byte) (int, error) {
 // Finish reports whether any signature entry matches the body written so far
 // under any key, comparing in constant time, and whether the timestamp is
 // still within the tolerance now that the body is complete: a body sent
-// slowly must not stretch a delivery's freshness window. It releases the
-// Message.
-func (m *Message) Finish() error {
-	match := 0
-	for _, mac := range m.macs {
+// slowly must not stretch a delivery's freshness window. For a valid
+// delivery it returns the index of the key that signed it (the last, if
+// several did), so that a rotation can be followed; -1 otherwise. It
+// releases the Message.
+func (m *Message) Finish() (key int, err error) {
+	key = -1
+	for k, mac := range m.macs {
 		sum := mac.Sum(m.sum[:0])
+		match := 0
 		for i := range m.n {
 			match |= subtle.ConstantTimeCompare(sum, m.sigs[i][:])
 		}
+		key = subtle.ConstantTimeSelect(match, k, key)
 	}
 	v, sent := m.v, m.sent
 	m.Discard()
-	if match != 1 {
-		return ErrNoMatchingSignature
+	if key < 0 {
+		return -1, ErrNoMatchingSignature
 	}
-	return v.checkFreshness(sent)
+	if err := v.checkFreshness(sent); err != nil {
+		return -1, err
+	}
+	return key, nil
 }
 
 // Discard releases the Message without a verdict, e.g. when the body could
@@ -194,11 +201,11 @@ func (m *Message) Discard() {
 	m.v.messages.Put(m)
 }
 
-// Verify checks a whole delivery at once.
-func (v *Verifier) Verify(h Headers, body []byte) error {
+// Verify checks a whole delivery at once, as Finish does.
+func (v *Verifier) Verify(h Headers, body []byte) (key int, err error) {
 	m, err := v.Begin(h)
 	if err != nil {
-		return err
+		return -1, err
 	}
 	_, _ = m.Write(body)
 	return m.Finish()

@@ -43,29 +43,29 @@ func TestPublishedVectors(t *testing.T) {
 			}
 			v := newVerifier(t, time.Unix(sent, 0), vec.Secret)
 			h := Headers{ID: vec.ID, Timestamp: vec.Timestamp, Signature: vec.Signature}
-			if err := v.Verify(h, []byte(vec.Payload)); err != nil {
+			if _, err := v.Verify(h, []byte(vec.Payload)); err != nil {
 				t.Fatalf("published vector refused: %v", err)
 			}
 			// The same delivery among other entries, as during a rotation.
 			h.Signature = vectors.WrongSignatures[0] + " " + vec.Signature
-			if err := v.Verify(h, []byte(vec.Payload)); err != nil {
+			if _, err := v.Verify(h, []byte(vec.Payload)); err != nil {
 				t.Fatalf("vector as second entry refused: %v", err)
 			}
 			for _, wrong := range vectors.WrongSignatures {
 				h.Signature = wrong
-				if err := v.Verify(h, []byte(vec.Payload)); err == nil {
+				if _, err := v.Verify(h, []byte(vec.Payload)); err == nil {
 					t.Fatalf("wrong signature %q accepted", wrong)
 				}
 			}
 			// One byte more or less of body, or another id, must not verify.
 			h.Signature = vec.Signature
 			for _, body := range []string{vec.Payload + " ", vec.Payload[:len(vec.Payload)-1], strings.ToUpper(vec.Payload)} {
-				if err := v.Verify(h, []byte(body)); !errors.Is(err, ErrNoMatchingSignature) {
+				if _, err := v.Verify(h, []byte(body)); !errors.Is(err, ErrNoMatchingSignature) {
 					t.Fatalf("altered body: got %v, want ErrNoMatchingSignature", err)
 				}
 			}
 			h.ID = vec.ID + "x"
-			if err := v.Verify(h, []byte(vec.Payload)); !errors.Is(err, ErrNoMatchingSignature) {
+			if _, err := v.Verify(h, []byte(vec.Payload)); !errors.Is(err, ErrNoMatchingSignature) {
 				t.Fatalf("altered id: got %v, want ErrNoMatchingSignature", err)
 			}
 		})
@@ -77,11 +77,32 @@ func TestRotationAcceptsAnyConfiguredKey(t *testing.T) {
 	a, c := vectors.Vectors[0], vectors.Vectors[2]
 	sent, _ := strconv.ParseInt(c.Timestamp, 10, 64)
 	v := newVerifier(t, time.Unix(sent, 0), a.Secret, c.Secret)
-	if err := v.Verify(Headers{ID: c.ID, Timestamp: c.Timestamp, Signature: c.Signature}, []byte(c.Payload)); err != nil {
-		t.Fatalf("signature by the second key refused: %v", err)
+	if key, err := v.Verify(Headers{ID: c.ID, Timestamp: c.Timestamp, Signature: c.Signature}, []byte(c.Payload)); err != nil || key != 1 {
+		t.Fatalf("signature by the second key: key %d, %v; want key 1", key, err)
+	}
+	// Signed by both (as a sender mid-rotation may do): the last key.
+	keyA, _ := ParseSecret(a.Secret)
+	sigA, err := Sign(keyA, c.ID, c.Timestamp, []byte(c.Payload))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		signature string
+		key       int
+	}{
+		{sigA, 0},
+		{sigA + " " + c.Signature, 1},
+		{c.Signature + " " + sigA, 1},
+	} {
+		if key, err := v.Verify(Headers{ID: c.ID, Timestamp: c.Timestamp, Signature: tc.signature}, []byte(c.Payload)); err != nil || key != tc.key {
+			t.Errorf("signature %q: key %d, %v; want key %d", tc.signature, key, err, tc.key)
+		}
+	}
+	if key, err := v.Verify(Headers{ID: c.ID, Timestamp: c.Timestamp, Signature: sigA}, []byte("tampered")); key != -1 || err == nil {
+		t.Errorf("tampered body: key %d, %v; want -1 and an error", key, err)
 	}
 	only := newVerifier(t, time.Unix(sent, 0), a.Secret)
-	if err := only.Verify(Headers{ID: c.ID, Timestamp: c.Timestamp, Signature: c.Signature}, []byte(c.Payload)); !errors.Is(err, ErrNoMatchingSignature) {
+	if _, err := only.Verify(Headers{ID: c.ID, Timestamp: c.Timestamp, Signature: c.Signature}, []byte(c.Payload)); !errors.Is(err, ErrNoMatchingSignature) {
 		t.Fatalf("signature by an unconfigured key: got %v, want ErrNoMatchingSignature", err)
 	}
 }
@@ -153,7 +174,7 @@ func TestRefusals(t *testing.T) {
 			if sig == "" && tc.want == nil || tc.signedAtDelta != 0 {
 				sig = webhooktest.Sign(t, webhooktest.Secret, tc.id, now.Add(tc.signedAtDelta), body)
 			}
-			err := v.Verify(Headers{ID: tc.id, Timestamp: tc.ts, Signature: sig}, body)
+			_, err := v.Verify(Headers{ID: tc.id, Timestamp: tc.ts, Signature: sig}, body)
 			if tc.want == nil {
 				if err != nil {
 					t.Fatalf("refused: %v", err)
@@ -237,7 +258,7 @@ func TestStreamingMatchesWholeBody(t *testing.T) {
 		for off := 0; off < len(body); off += piece {
 			_, _ = m.Write(body[off:min(off+piece, len(body))])
 		}
-		if err := m.Finish(); err != nil {
+		if _, err := m.Finish(); err != nil {
 			t.Fatalf("pieces of %d: %v", piece, err)
 		}
 	}
@@ -245,7 +266,7 @@ func TestStreamingMatchesWholeBody(t *testing.T) {
 	m, _ := v.Begin(h)
 	_, _ = m.Write([]byte("garbage"))
 	m.Discard()
-	if err := v.Verify(h, body); err != nil {
+	if _, err := v.Verify(h, body); err != nil {
 		t.Fatalf("after a discarded message: %v", err)
 	}
 }
@@ -257,7 +278,7 @@ func TestFreshnessAtExtremeClocks(t *testing.T) {
 	h := Headers{ID: vec.ID, Timestamp: vec.Timestamp, Signature: vec.Signature}
 	for _, now := range []int64{math.MinInt64 + sent, math.MinInt64, -1, 0, math.MaxInt64} {
 		v := newVerifier(t, time.Unix(now, 0), vec.Secret)
-		if err := v.Verify(h, []byte(vec.Payload)); err == nil {
+		if _, err := v.Verify(h, []byte(vec.Payload)); err == nil {
 			t.Errorf("clock at %d accepted a timestamp of %d", now, sent)
 		}
 	}
@@ -298,7 +319,7 @@ func TestFreshnessJudgedWhenBodyEnds(t *testing.T) {
 			_, _ = m.Write(body[:5])
 			now = now.Add(tc.bodyTakes)
 			_, _ = m.Write(body[5:])
-			if err := m.Finish(); !errors.Is(err, tc.want) {
+			if _, err := m.Finish(); !errors.Is(err, tc.want) {
 				t.Fatalf("Finish: %v, want %v", err, tc.want)
 			}
 		})

@@ -1,0 +1,63 @@
+// Package cfparse reads the values of Caddyfile options for the handler and
+// its stores. Its errors say what is wrong with a value without naming the
+// option, which the caller adds; they never quote a value that is not the
+// one parsed (an extra value can be a secret, or a URL holding one).
+package cfparse
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+// ErrOneValue is the error of an option given no value, or more than one.
+var ErrOneValue = errors.New("takes exactly one value")
+
+// One returns the option's one value.
+func One(d *caddyfile.Dispenser) (string, error) {
+	var v string
+	if !d.AllArgs(&v) {
+		return "", ErrOneValue
+	}
+	return v, nil
+}
+
+// With parses the option's one value with parse.
+func With[T any](d *caddyfile.Dispenser, parse func(string) (T, error)) (T, error) {
+	v, err := One(d)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return parse(v)
+}
+
+// Duration parses a positive duration in Caddy's syntax (which adds days,
+// "1d").
+func Duration(v string) (caddy.Duration, error) {
+	dur, err := caddy.ParseDuration(v)
+	if err != nil || dur <= 0 {
+		return 0, fmt.Errorf("%q is not a positive duration", v)
+	}
+	return caddy.Duration(dur), nil
+}
+
+// Count parses a positive whole number.
+func Count(v string) (int, error) {
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q is not a positive whole number", v)
+	}
+	return n, nil
+}
+
+// Flag checks that a flag option was given no value.
+func Flag(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return errors.New("takes no value")
+	}
+	return nil
+}
