@@ -85,8 +85,11 @@ const (
 	// due (retries) or that other instances stored.
 	idlePoll = 500 * time.Millisecond
 	// leaseMargin is added to the timeout for a message's lease: a worker
-	// that lives finishes its attempt well within it.
-	leaseMargin = 30 * time.Second
+	// that lives settles its attempt within it. When a lease ends
+	// unsettled (the worker's process died), the message is due again:
+	// at once when a file is reopened, after the lease for another
+	// instance on Redis.
+	leaseMargin = storeCallTimeout
 	// attemptHeader carries the attempt's number, from 1.
 	attemptHeader = "Webhook-Attempt"
 	// Retry-After of a 503 when the queue is full, or cannot store.

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/webhookgate/caddy-openai-webhook/internal/redistest"
 )
 
 // Queue mode: the gateway answers once a delivery is stored, and delivers
@@ -249,4 +251,60 @@ func TestQueueDeadLettersByCLI(t *testing.T) {
 			t.Errorf("the dropped letter reached the app")
 		}
 	}
+}
+
+// TestQueueFleet: two instances share one queue on Redis. The first is
+// killed with SIGKILL mid-attempt, with deliveries it stored still
+// pending; the second delivers them all, and, once the killed one's lease
+// has ended, the one it had in flight (again: at least once).
+func TestQueueFleet(t *testing.T) {
+	e := setup(t)
+	srv := redistest.Start(t, redistest.Options{Durable: true})
+	up := startUpstream(t, e)
+	fleet := func(workers int) caddyConfig {
+		// timeout 8s (a lease of 18s): the attempt in flight at the kill
+		// is not over by then.
+		cfg := queueConfig(up.port, fmt.Sprintf("workers %d\ntimeout 8s\nstore redis {\naddress %s\n}", workers, srv.Addr))
+		cfg.Handler += fmt.Sprintf("\nreplay_store redis {\naddress %s\n}", srv.Addr)
+		return cfg
+	}
+	a := startCaddy(t, e, fleet(1))
+	held := "msg_queue_fleet_held"
+	req := a.delivery(t, held, time.Now(), event(held))
+	req.Header.Set("X-Upstream-Hold", held)
+	if resp, _ := send(t, req); resp.StatusCode != http.StatusOK {
+		t.Fatalf("the held delivery: %d", resp.StatusCode)
+	}
+	up.waitRecorded(t, held) // a's only worker is in flight with it
+	sent := sendQueued(t, a, "msg_queue_fleet_a", 10)
+	b := startCaddy(t, e, fleet(2))
+	for id, body := range sendQueued(t, b, "msg_queue_fleet_b", 10) {
+		sent[id] = body
+	}
+	a.kill(t)
+	up.release(t, held) // the app answers a gateway that is gone
+	sent[held] = event(held)
+	waitFor(t, "every delivery, and the one in flight at the kill again", func() bool {
+		return waitDelivered(t, up, sent)[held] == 2
+	})
+	for id, n := range waitDelivered(t, up, sent) {
+		if n != 1 && id != held {
+			t.Errorf("%s reached the app %d times, want once", id, n)
+		}
+	}
+	// Taken over unsettled, not retried: the killed instance never
+	// recorded its attempt.
+	for _, r := range deliveriesOf(t, up, held) {
+		if got := r.header("Webhook-Attempt"); !slices.Equal(got, []string{"1"}) {
+			t.Errorf("the held delivery came as attempt %q, want 1 both times", got)
+		}
+	}
+	waitFor(t, "the queue to be empty", func() bool {
+		for _, s := range b.metrics(t, "caddy_openai_webhook_queue_messages") {
+			if s.value != 0 {
+				return false
+			}
+		}
+		return true
+	})
 }

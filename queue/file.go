@@ -270,10 +270,8 @@ func (q *File) Complete(_ context.Context, m *Message, a Attempt) error {
 // Reschedule implements Store.
 func (q *File) Reschedule(_ context.Context, m *Message, a Attempt, next time.Time) error {
 	f := q.db
-	m.Attempts = append(m.Attempts, a)
-	m.Tries++
 	m.Due = next
-	raw, err := json.Marshal(m)
+	raw, err := m.recordAttempt(a)
 	if err != nil {
 		return err
 	}
@@ -291,9 +289,7 @@ func (q *File) Reschedule(_ context.Context, m *Message, a Attempt, next time.Ti
 // Bury implements Store.
 func (q *File) Bury(_ context.Context, m *Message, a Attempt) error {
 	f := q.db
-	m.Attempts = append(m.Attempts, a)
-	m.Tries++
-	raw, err := json.Marshal(m)
+	raw, err := m.recordAttempt(a)
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ package queue
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"time"
@@ -33,6 +34,18 @@ type Message struct {
 	// Tries counts the attempts since the message was stored or revived:
 	// its place in the retry schedule.
 	Tries int `json:"tries,omitempty"`
+
+	// entry is the engine's handle on a message taken (redis: its stream
+	// entry), for settling it.
+	entry string
+}
+
+// recordAttempt adds a failed attempt to m's history, counts it in Tries,
+// and returns m as the engines store it.
+func (m *Message) recordAttempt(a Attempt) ([]byte, error) {
+	m.Attempts = append(m.Attempts, a)
+	m.Tries++
+	return json.Marshal(m)
 }
 
 // Attempt is one try at delivering a message to the app.
@@ -81,7 +94,9 @@ type Store interface {
 	Enqueue(ctx context.Context, m *Message) error
 	// Take returns a due message, now in flight until lease from now (when
 	// it becomes due again unless settled: the worker died), or nil when
-	// none is due.
+	// none is due. An engine may judge whether a lease ended by the lease
+	// of the Take that would take the message over (redis: XAUTOCLAIM's
+	// idle time); the queue takes with one lease throughout.
 	Take(ctx context.Context, lease time.Duration) (*Message, error)
 	// Complete removes a message taken: the app has it.
 	Complete(ctx context.Context, m *Message, a Attempt) error

@@ -69,6 +69,7 @@ type Config struct {
 
 	client    *sharedClient
 	clientKey string // the share of clients held
+	endpoint  string // host:port/db, without credentials
 }
 
 // DefaultTimeout bounds each call to Redis.
@@ -111,6 +112,7 @@ func (c *Config) Provision() error {
 	if err != nil {
 		return err
 	}
+	c.endpoint = opt.InitAddress[0] + "/" + strconv.Itoa(opt.SelectDB)
 	c.clientKey = c.connectionKey(caPEM)
 	shared, _, err := clients.LoadOrNew(c.clientKey, func() (caddy.Destructor, error) {
 		return &sharedClient{opt: opt}, nil
@@ -135,6 +137,10 @@ func (c *Config) Cleanup() error {
 func (c *Config) Client() (rueidis.Client, error) {
 	return c.client.get()
 }
+
+// Endpoint is the server and database, host:port/db, without credentials:
+// to name what is kept there.
+func (c *Config) Endpoint() string { return c.endpoint }
 
 // Shares reports whether c and o share one client.
 func (c *Config) Shares(o *Config) bool { return c.client == o.client }

@@ -1,6 +1,6 @@
 // Package redistest runs a real redis-server for tests: on a free port of
-// 127.0.0.1, in a temporary directory, without persistence, stopped when
-// the test ends. It can require a password or an ACL user, and speak TLS
+// 127.0.0.1, in a temporary directory, without persistence unless asked,
+// stopped when the test ends. It can require a password or an ACL user, and speak TLS
 // with a certificate authority of its own.
 //
 // Without redis-server on the PATH, tests skip, saying so, unless CI is
@@ -38,6 +38,10 @@ type Options struct {
 	// TLS serves TLS only, with a certificate for 127.0.0.1 and
 	// "redis.test" from a CA of its own (CAFile).
 	TLS bool
+	// Durable keeps the data in an append-only file fsync'd on every
+	// write (appendonly yes, appendfsync always), and a noeviction memory
+	// policy: what a queue needs. The data then outlives Stop and Start.
+	Durable bool
 }
 
 // Server is a running redis-server.
@@ -84,11 +88,16 @@ func Start(t testing.TB, opts Options) *Server {
 }
 
 // Start starts the server again, on the same port, after Stop. Its data is
-// gone: it keeps none on disk.
+// gone, unless it is Durable.
 func (s *Server) Start() {
 	s.t.Helper()
-	args := []string{"--bind", "127.0.0.1", "--dir", s.dir, "--save", "", "--appendonly", "no", "--daemonize", "no",
+	args := []string{"--bind", "127.0.0.1", "--dir", s.dir, "--save", "", "--daemonize", "no",
 		"--logfile", filepath.Join(s.dir, "redis.log")}
+	if s.opts.Durable {
+		args = append(args, "--appendonly", "yes", "--appendfsync", "always", "--maxmemory-policy", "noeviction")
+	} else {
+		args = append(args, "--appendonly", "no")
+	}
 	port := strconv.Itoa(s.port)
 	if s.opts.TLS {
 		args = append(args, "--port", "0", "--tls-port", port,
