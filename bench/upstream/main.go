@@ -36,12 +36,14 @@ type stats struct {
 	errors   atomic.Int64 // bodies that could not be read to their end
 	answer   []byte
 	length   string // len(answer)
+	delay    time.Duration
 }
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:0", "`host:port` to listen on; the host must be a loopback address")
 	lifetime := flag.Duration("lifetime", 30*time.Minute, "exit after this long")
 	responseSize := flag.Int("response-size", 2, "answer with this many `bytes` (\"ok\" for 2; more are 'k's after \"ok\"), at least 1")
+	delay := flag.Duration("delay", 0, "wait this long after reading a body before answering: an app that works before it answers")
 	flag.Parse()
 	if *responseSize < 1 || *responseSize > 64<<20 {
 		log.Fatalf("upstream: -response-size %d is not between 1 and 64 MiB", *responseSize)
@@ -66,7 +68,7 @@ func main() {
 	for i := 2; i < len(answer); i++ {
 		answer[i] = 'k'
 	}
-	s := &stats{answer: answer, length: strconv.Itoa(len(answer))}
+	s := &stats{answer: answer, length: strconv.Itoa(len(answer)), delay: *delay}
 	srv := &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -105,6 +107,9 @@ func (s *stats) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.errors.Add(1)
 		http.Error(w, "reading body: "+err.Error(), http.StatusBadRequest)
 		return
+	}
+	if s.delay > 0 {
+		time.Sleep(s.delay)
 	}
 	w.Header().Set("Content-Type", "text/plain")
 	w.Header().Set("Content-Length", s.length)
