@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Queue mode (issue 11), in one run of one Caddy:
+# Queue mode (issue 11), in one run; each setup on a Caddy and a store of
+# its own:
 #
 # 1. What the sender waits for when the app takes 1 s per delivery
 #    (bench/upstream -delay 1s): forwarding (openai_webhook +
@@ -43,10 +44,7 @@ log "$PIN_NOTE"
 
 FAST=$(free_port)
 SLOW=$(free_port)
-FORWARD=$(free_port)
-QUEUE_SLOW=$(free_port)
-QUEUE_FILE=$(free_port)
-QUEUE_REDIS=$(free_port)
+SITE=$(free_port)
 REDIS=$(free_port)
 ADMIN=$(free_port)
 LIFETIME=$((ROUNDS * 4 * (DURATION + 30) + 300))
@@ -58,65 +56,42 @@ REDIS_PID=$!
 STARTED+=("$REDIS_PID")
 wait_port "$REDIS" "$REDIS_PID"
 
-cat >"$WORK/Caddyfile" <<EOF
-{
-	admin 127.0.0.1:$ADMIN
-	persist_config off
-	grace_period 5s
-	default_bind 127.0.0.1
-}
-
-http://127.0.0.1:$FORWARD {
-	openai_webhook {env.OPENAI_WEBHOOK_SECRET}
-	reverse_proxy 127.0.0.1:$SLOW
-}
-
-http://127.0.0.1:$QUEUE_SLOW {
-	openai_webhook {env.OPENAI_WEBHOOK_SECRET} {
-		queue {
-			to http://127.0.0.1:$SLOW/
-			store file $WORK/slow.queue
-			max_pending 1000000
-		}
-	}
-}
-
-http://127.0.0.1:$QUEUE_FILE {
-	openai_webhook {env.OPENAI_WEBHOOK_SECRET} {
-		queue {
-			to http://127.0.0.1:$FAST/
-			store file $WORK/file.queue
-			max_pending 1000000
-		}
-	}
-}
-
-http://127.0.0.1:$QUEUE_REDIS {
-	openai_webhook {env.OPENAI_WEBHOOK_SECRET} {
-		queue {
-			to http://127.0.0.1:$FAST/
-			store redis {
-				address 127.0.0.1:$REDIS
-			}
-			max_pending 1000000
-		}
-	}
-}
-EOF
 start_upstream "$FAST" "$LIFETIME"
 (pinned "$LOAD_CPUS" "$WORK/upstream" -addr "127.0.0.1:$SLOW" -lifetime "${LIFETIME}s" -delay 1s) >"$WORK/upstream-slow.log" 2>&1 &
 STARTED+=("$!")
 wait_port "$SLOW" "$!"
-start_caddy caddy "$WORK/Caddyfile" "$LIFETIME" "$FORWARD" "$QUEUE_SLOW" "$QUEUE_FILE" "$QUEUE_REDIS" "$ADMIN"
-sleep 1
 
-delivered() { curl -fsS "http://127.0.0.1:$FAST/__stats" | jq '.requests'; }
-# backlog NAME_PREFIX: the messages of that queue not yet delivered.
-backlog() {
-	curl -fsS "http://127.0.0.1:$ADMIN/openai-webhook/queues" |
-		jq --arg p "$1" '[.[] | select(.name | startswith($p)) | .counts | .pending + .scheduled + .in_flight] | add // 0'
+# site SETUP: the site's handlers for a setup.
+site() {
+	case $1 in
+	forward) printf '\topenai_webhook {env.OPENAI_WEBHOOK_SECRET}\n\treverse_proxy 127.0.0.1:%s\n' "$SLOW" ;;
+	queue-slow) queue_site "http://127.0.0.1:$SLOW/" "store file $WORK/$round-slow.queue" ;;
+	queue-file) queue_site "http://127.0.0.1:$FAST/" "store file $WORK/$round-file.queue" ;;
+	queue-redis) queue_site "http://127.0.0.1:$FAST/" "store redis {
+				address 127.0.0.1:$REDIS
+			}" ;;
+	esac
+}
+queue_site() {
+	cat <<EOF
+	openai_webhook {env.OPENAI_WEBHOOK_SECRET} {
+		queue {
+			to $1
+			$2
+			max_pending 1000000
+		}
+	}
+EOF
 }
 
+delivered() { curl -fsS "http://127.0.0.1:$FAST/__stats" | jq '.requests'; }
+# backlog: the messages of the running queue not yet delivered.
+backlog() {
+	curl -fsS "http://127.0.0.1:$ADMIN/openai-webhook/queues" | jq '[.[].counts | .pending + .scheduled + .in_flight] | add // 0'
+}
+
+# Each run has a Caddy of its own and a store of its own (a new file, an
+# emptied Redis): what an earlier run queued is not delivered during it.
 : >"$WORK/queue.tsv"
 for round in $(seq 1 "$ROUNDS"); do
 	order="forward queue-slow queue-file queue-redis"
@@ -125,27 +100,37 @@ for round in $(seq 1 "$ROUNDS"); do
 		queued=(-queued)
 		concurrency=$CONCURRENCY
 		case $setup in
-		forward) port=$FORWARD queued=() concurrency=$SLOW_CONCURRENCY ;;
-		queue-slow) port=$QUEUE_SLOW concurrency=$SLOW_CONCURRENCY ;;
-		queue-file) port=$QUEUE_FILE ;;
-		queue-redis) port=$QUEUE_REDIS ;;
+		forward) queued=() concurrency=$SLOW_CONCURRENCY ;;
+		queue-slow) concurrency=$SLOW_CONCURRENCY ;;
 		esac
+		redis-cli -p "$REDIS" FLUSHALL >/dev/null
+		cat >"$WORK/Caddyfile" <<EOF
+{
+	admin 127.0.0.1:$ADMIN
+	persist_config off
+	grace_period 5s
+	default_bind 127.0.0.1
+}
+
+http://127.0.0.1:$SITE {
+$(site "$setup")
+}
+EOF
+		start_caddy "caddy-$round-$setup" "$WORK/Caddyfile" "$((DURATION + 120))" "$SITE" "$ADMIN"
+		sleep 1
 		out="$WORK/queue-$round-$setup.json"
 		before=$(delivered)
-		measured "$out" loadgen -mode throughput -label "$setup" -url "http://127.0.0.1:$port/webhooks/openai" "${queued[@]}" \
+		measured "$out" loadgen -mode throughput -label "$setup" -url "http://127.0.0.1:$SITE/webhooks/openai" "${queued[@]}" \
 			-duration "${DURATION}s" -max-requests "$((DURATION * 25000))" -concurrency "$concurrency" -size "$SIZE"
 		after=$(delivered)
 		left=0
-		case $setup in
-		queue-file) left=$(backlog "file:$WORK/file.queue") ;;
-		queue-redis) left=$(backlog "redis:") ;;
-		esac
+		[[ $setup == forward ]] || left=$(backlog)
+		stop_pid "$CADDY_TPID"
 		jq -r --arg round "$round" --argjson c "$concurrency" --argjson d $((after - before)) --argjson left "$left" --argjson secs "$DURATION" \
 			'[.label, $round, $c, .requests_per_s, .latency_ms.p50, .latency_ms.p99,
 			(if .responses > 0 then .caddy.cpu_s * 1e6 / .responses else 0 end), ($d / $secs), $left, .errors] | @tsv' "$out" >>"$WORK/queue.tsv"
 	done
 done
-stop_pid "$CADDY_TPID"
 
 echo
 echo "== bench/queue.sh: DURATION=$DURATION ROUNDS=$ROUNDS CONCURRENCY=$CONCURRENCY SLOW_CONCURRENCY=$SLOW_CONCURRENCY SIZE=$SIZE"
