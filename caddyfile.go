@@ -161,6 +161,9 @@ func (q *Queue) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.NextArg() {
 				return d.Err("queue: store: the engine's name (file, redis) is missing")
 			}
+			if q.StoreRaw != nil {
+				return d.Err("queue: store: given twice")
+			}
 			engine := d.Val()
 			store, err := caddyfile.UnmarshalModule(d, "http.handlers.openai_webhook.queue_stores."+engine)
 			if err != nil {

@@ -303,6 +303,7 @@ func TestUnmarshalQueue(t *testing.T) {
 		{name: "zero workers", input: "openai_webhook {\n queue {\n workers 0\n }\n}", wantErr: "queue: workers"},
 		{name: "unknown option", input: "openai_webhook {\n queue {\n deliver_to x\n }\n}", wantErr: `unrecognized openai_webhook queue option "deliver_to"`},
 		{name: "store without a name", input: "openai_webhook {\n queue {\n store\n }\n}", wantErr: "queue: store: the engine's name"},
+		{name: "store twice", input: "openai_webhook {\n queue {\n store file a\n store file b\n }\n}", wantErr: "queue: store: given twice"},
 		{name: "unknown store", input: "openai_webhook {\n queue {\n store sqs\n }\n}", wantErr: "sqs"},
 		{name: "redis store, unknown option", input: "openai_webhook {\n queue {\n store redis {\n stream x\n }\n }\n}", wantErr: `unrecognized redis queue store option "stream"`},
 		{name: "redis store, password with two values", input: "openai_webhook {\n queue {\n store redis {\n password pw-q-one pw-q-two\n }\n }\n}", wantErr: "password: takes exactly one value"},

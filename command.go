@@ -325,10 +325,11 @@ func readHeaderFile(path string) (http.Header, error) {
 
 func queueCommand() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "queue status|dead|retry|drop [--address ADDR] [--queue NAME] [--id ID]",
+		Use:   "queue status|dead|retry|drop [--address ADDR | --config FILE [--adapter NAME]] [--queue NAME] [--id ID]",
 		Short: "Show the queues of a running Caddy, list their dead letters, retry or drop them",
-		Long: `Talks to the admin endpoint of a running Caddy (--address, default $CADDY_ADMIN
-or localhost:2019):
+		Long: `Talks to the admin endpoint of a running Caddy, found as caddy reload finds it:
+--address, or the admin address in --config, or $CADDY_ADMIN, or localhost:2019
+(a unix socket too):
 
   status   each queue's messages by state, as JSON
   dead     a queue's dead letters: ids, times, attempts; never bodies
@@ -340,7 +341,9 @@ or localhost:2019):
 		ValidArgs: []string{"status", "dead", "retry", "drop"},
 		RunE:      runQueue,
 	}
-	cmd.Flags().String("address", "", "the admin endpoint (default: $CADDY_ADMIN or localhost:2019)")
+	cmd.Flags().String("address", "", "the admin endpoint (default: from --config, $CADDY_ADMIN, or localhost:2019)")
+	cmd.Flags().String("config", "", "the running Caddy's config file, to read its admin address from")
+	cmd.Flags().String("adapter", "", "the config file's adapter (default: caddyfile for a Caddyfile)")
 	cmd.Flags().String("queue", "", "the queue, when several run")
 	cmd.Flags().String("id", "", "the dead letter (retry: all when empty)")
 	cmd.Flags().Int("limit", 100, "dead: the most dead letters listed")
@@ -348,12 +351,12 @@ or localhost:2019):
 }
 
 func runQueue(cmd *cobra.Command, args []string) error {
-	address, _ := cmd.Flags().GetString("address")
-	if address == "" {
-		address = os.Getenv("CADDY_ADMIN")
-	}
-	if address == "" {
-		address = "localhost:2019"
+	addressFlag, _ := cmd.Flags().GetString("address")
+	configFlag, _ := cmd.Flags().GetString("config")
+	adapterFlag, _ := cmd.Flags().GetString("adapter")
+	address, err := caddycmd.DetermineAdminAPIAddress(addressFlag, nil, configFlag, adapterFlag)
+	if err != nil {
+		return fmt.Errorf("finding the admin endpoint: %w", err)
 	}
 	query := url.Values{}
 	if name, _ := cmd.Flags().GetString("queue"); name != "" {
@@ -381,27 +384,17 @@ func runQueue(cmd *cobra.Command, args []string) error {
 	default:
 		return fmt.Errorf("%q is none of status, dead, retry, drop", args[0])
 	}
-	u := url.URL{Scheme: "http", Host: address, Path: path, RawQuery: query.Encode()}
-	req, err := http.NewRequestWithContext(cmd.Context(), method, u.String(), nil)
-	if err != nil {
-		return fmt.Errorf("--address: %w", err)
+	if len(query) > 0 {
+		path += "?" + query.Encode()
 	}
-	client := &http.Client{Timeout: 30 * time.Second}
-	resp, err := client.Do(req)
+	resp, err := caddycmd.AdminAPIRequest(address, method, path, nil, nil)
 	if err != nil {
-		return fmt.Errorf("the admin endpoint: %w", err)
+		return err
 	}
 	defer resp.Body.Close()
 	answer, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
 		return err
-	}
-	if resp.StatusCode != http.StatusOK {
-		var apiErr struct{ Error string }
-		if json.Unmarshal(answer, &apiErr) == nil && apiErr.Error != "" {
-			return fmt.Errorf("%s: %s", resp.Status, apiErr.Error)
-		}
-		return fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(answer))
 	}
 	var pretty bytes.Buffer
 	if json.Indent(&pretty, answer, "", "  ") != nil {

@@ -193,7 +193,7 @@ func (h *Handler) passedOn(d delivery, o outcome) {
 const storeRetryAfter = "5"
 
 var (
-	errInFlight         = errors.New("a delivery with this webhook-id is being forwarded")
+	errInFlight         = errors.New("a delivery with this webhook-id is being forwarded or queued")
 	errStoreUnavailable = errors.New("the replay store could not tell whether this webhook-id was delivered")
 )
 

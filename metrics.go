@@ -24,8 +24,8 @@ var (
 	outcomeForwarded        = outcome{"forwarded", 0}                                     // verified and passed to the next handler
 	outcomeDuplicate        = outcome{"duplicate", http.StatusOK}                         // verified, id already delivered: not forwarded
 	outcomeFiltered         = outcome{"filtered", http.StatusOK}                          // verified, type not in events: not forwarded
-	outcomeInFlight         = outcome{"in_flight", http.StatusConflict}                   // verified, id being forwarded
-	outcomeStoreUnavailable = outcome{"store_unavailable", http.StatusServiceUnavailable} // verified, the replay store could not answer
+	outcomeInFlight         = outcome{"in_flight", http.StatusConflict}                   // verified, id being forwarded or queued
+	outcomeStoreUnavailable = outcome{"store_unavailable", http.StatusServiceUnavailable} // verified, the replay store or the queue's store could not answer
 	outcomeUnchecked        = outcome{"unchecked", 0}                                     // verified, forwarded without the replay check: the store could not answer
 	outcomeQueued           = outcome{"queued", http.StatusOK}                            // verified and stored in the queue
 	outcomeQueueFull        = outcome{"queue_full", http.StatusServiceUnavailable}        // verified, the queue holds max_pending

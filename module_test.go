@@ -25,11 +25,15 @@ import (
 	"github.com/webhookgate/caddy-openai-webhook/internal/webhooktest"
 )
 
-// provisioned returns a Handler provisioned like Caddy does, logging at
-// DEBUG into the returned buffer.
+// provisioned returns a Handler provisioned like Caddy does, in a config
+// of its own, logging at DEBUG into the returned buffer.
 func provisioned(t testing.TB, h *Handler) (*Handler, *bytes.Buffer) {
 	t.Helper()
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	config, err := caddy.ProvisionContext(new(caddy.Config))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := caddy.NewContext(config)
 	t.Cleanup(cancel)
 	if err := h.Provision(ctx); err != nil {
 		t.Fatalf("provision: %v", err)

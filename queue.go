@@ -34,7 +34,8 @@ import (
 // is a dead letter, kept until retried or dropped through the admin API.
 // Delivery is at least once, in no particular order.
 type Queue struct {
-	// To is the app's URL, http:// or https://. Required.
+	// To is the app's URL, http:// or https://. Placeholders, such as
+	// {env.APP_URL}, are expanded when the config loads. Required.
 	To string `json:"to,omitempty"`
 
 	// StoreRaw is where messages are kept: a module of the namespace
@@ -50,8 +51,9 @@ type Queue struct {
 	// attempts).
 	Retry []caddy.Duration `json:"retry,omitempty"`
 
-	// Timeout bounds each attempt, from connecting to the end of the
-	// answer's head. Default: 30s.
+	// Timeout bounds each attempt, from connecting until the answer's
+	// head and the first 64 KiB of its body (the rest is not read) have
+	// arrived. Default: 30s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
 	// Workers is how many attempts run at once, per Caddy instance.
@@ -67,6 +69,7 @@ type Queue struct {
 	TLS *reverseproxy.TLSConfig `json:"tls,omitempty"`
 
 	store  queue.Store
+	app    *App // the config's, which runs the workers
 	target *url.URL
 	client *http.Client
 	wake   chan struct{} // a message was enqueued: an idle worker looks
@@ -97,9 +100,8 @@ const (
 	queueErrorRetryAfter = "5"
 )
 
-// provision sets the defaults, loads the store and starts the workers,
-// which stop when ctx does (the config is replaced or Caddy stops), each
-// after its current attempt.
+// provision sets the defaults, loads the store and gives the queue to the
+// config's App, which starts its workers once Caddy runs the config.
 func (q *Queue) provision(ctx caddy.Context, h *Handler) error {
 	q.logger = h.logger.Named("queue")
 	q.errors = &lograte.Limiter{Every: storeErrorLogEvery}
@@ -120,7 +122,13 @@ func (q *Queue) provision(ctx caddy.Context, h *Handler) error {
 	if err := q.validate(); err != nil {
 		return err
 	}
-	target, err := url.Parse(q.To)
+	// Expanded once: {env.APP_URL} keeps credentials in the URL out of
+	// the config. Neither error quotes the URL.
+	to, err := caddy.NewReplacer().ReplaceOrErr(q.To, true, true)
+	if err != nil {
+		return fmt.Errorf("queue: to: %w", err)
+	}
+	target, err := url.Parse(to)
 	if err != nil || (target.Scheme != "http" && target.Scheme != "https") || target.Host == "" {
 		return errors.New("queue: to: an http:// or https:// URL is required")
 	}
@@ -153,10 +161,15 @@ func (q *Queue) provision(ctx caddy.Context, h *Handler) error {
 	}
 	q.store = store
 	q.wake = make(chan struct{}, q.Workers)
-	queues.join(q)
-	for range q.Workers {
-		go q.work(ctx)
+	app, err := ctx.App(appName)
+	if err != nil {
+		return fmt.Errorf("queue: %w", err)
 	}
+	q.app = app.(*App)
+	if err := q.app.add(q); err != nil {
+		return fmt.Errorf("queue: %w", err)
+	}
+	queues.join(q)
 	return nil
 }
 
@@ -178,8 +191,8 @@ func (q *Queue) validate() error {
 	return nil
 }
 
-// cleanup takes the queue out of the admin API and the metrics; its workers
-// stop with the config's context.
+// cleanup takes the queue out of the admin API and the metrics; the App
+// stopped its workers before.
 func (q *Queue) cleanup() {
 	if q.store != nil {
 		queues.leave(q)
@@ -402,7 +415,10 @@ func (r *queueRegistry) all() []*Queue {
 func (r *queueRegistry) find(name string) (*Queue, error) {
 	all := r.all()
 	if name == "" {
-		if len(all) == 1 {
+		switch len(all) {
+		case 0:
+			return nil, errors.New("no queue is running")
+		case 1:
 			return all[0], nil
 		}
 		return nil, fmt.Errorf("%d queues are running: name one with queue=", len(all))

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -90,6 +91,11 @@ func queueHandler(t *testing.T, to string, q Queue) *Handler {
 		q.Retry = []caddy.Duration{caddy.Duration(20 * time.Millisecond), caddy.Duration(20 * time.Millisecond)}
 	}
 	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}, Queue: &q})
+	// As Caddy does once it runs the config.
+	if err := h.Queue.app.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Queue.app.Stop() })
 	return h
 }
 
@@ -281,5 +287,79 @@ func TestQueueWait(t *testing.T) {
 				t.Fatalf("after try %d with Retry-After %s: %s, want %s to %s", tc.tries+1, tc.retryAfter, got, tc.min, tc.max)
 			}
 		}
+	}
+}
+
+// TestQueueStoreSharedInAConfig: handlers of one config may share a store
+// only with the same queue settings; otherwise each would deliver the
+// other's messages to its own app, and the config fails to load.
+func TestQueueStoreSharedInAConfig(t *testing.T) {
+	config, err := caddy.ProvisionContext(new(caddy.Config))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := caddy.NewContext(config)
+	defer cancel()
+	store := json.RawMessage(fmt.Sprintf(`{"backend":"file","path":%q}`, filepath.Join(t.TempDir(), "queue")))
+	for _, tc := range []struct {
+		to      string
+		wantErr bool
+	}{
+		{"http://127.0.0.1:8000/hooks", false},
+		{"http://127.0.0.1:8000/hooks", false}, // the same queue, from another site
+		{"http://127.0.0.1:9000/other", true},
+	} {
+		h := &Handler{Secrets: []string{webhooktest.Secret}, Queue: &Queue{To: tc.to, StoreRaw: store}}
+		err := h.Provision(ctx)
+		defer h.Cleanup()
+		if (err != nil) != tc.wantErr || (err != nil && !strings.Contains(err.Error(), "give each endpoint a store of its own")) {
+			t.Fatalf("to %s: %v, want an error: %v", tc.to, err, tc.wantErr)
+		}
+	}
+}
+
+// TestQueueStopSettlesFirst: stopping the config's queues (a reload, or
+// Caddy stopping) waits for the attempt in flight and settles it before
+// the store can close, so a delivery the app took is not made again.
+func TestQueueStopSettlesFirst(t *testing.T) {
+	backend, to := newQueueApp(t)
+	backend.hold = make(chan struct{})
+	h := queueHandler(t, to, Queue{})
+	if status := deliverRequest(t, h, signedRequest(t, "wh_stop", []byte(`{}`), time.Now()), &app{}); status != http.StatusOK {
+		t.Fatalf("queued: %d", status)
+	}
+	waitFor(t, "the attempt to reach the app", func() bool {
+		got, _ := backend.requests()
+		return len(got) == 1
+	})
+	stopped := make(chan struct{})
+	go func() {
+		_ = h.Queue.app.Stop()
+		close(stopped)
+	}()
+	close(backend.hold)
+	select {
+	case <-stopped:
+	case <-time.After(waitBound):
+		t.Fatalf("Stop did not return within %s", waitBound)
+	}
+	if c, err := h.Queue.store.Counts(context.Background()); err != nil || c != (queue.Counts{}) {
+		t.Fatalf("once stopped: %+v, %v; want the delivery settled", c, err)
+	}
+}
+
+// TestQueueStartFails: a store that cannot be opened fails the config when
+// Caddy starts it, naming the queue.
+func TestQueueStartFails(t *testing.T) {
+	notADir := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notADir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}, Queue: &Queue{To: "http://127.0.0.1:8000",
+		StoreRaw: json.RawMessage(fmt.Sprintf(`{"backend":"file","path":%q}`, filepath.Join(notADir, "queue")))}})
+	err := h.Queue.app.Start()
+	defer h.Queue.app.Stop()
+	if err == nil || !strings.Contains(err.Error(), "queue file:"+filepath.Join(notADir, "queue")) {
+		t.Fatalf("start: %v, want an error naming the queue", err)
 	}
 }

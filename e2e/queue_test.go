@@ -4,6 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -12,6 +15,7 @@ import (
 	"time"
 
 	"github.com/webhookgate/caddy-openai-webhook/internal/redistest"
+	"github.com/webhookgate/caddy-openai-webhook/internal/webhooktest"
 )
 
 // Queue mode: the gateway answers once a delivery is stored, and delivers
@@ -242,7 +246,8 @@ func TestQueueDeadLettersByCLI(t *testing.T) {
 	}
 	retried := map[string][]byte{dead.Dead[0].WebhookID: sent[dead.Dead[0].WebhookID]}
 	waitDelivered(t, up, retried)
-	out, code := e.command(t, "", append([]string{"queue", "status"}, admin...)...)
+	// The admin address read from the config, as caddy reload reads it.
+	out, code := e.command(t, "", "queue", "status", "--config", gw.config, "--adapter", "caddyfile")
 	if code != 0 || !strings.Contains(out, `"dead": 0`) {
 		t.Fatalf("queue status: %s", out)
 	}
@@ -307,4 +312,20 @@ func TestQueueFleet(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// TestQueueValidate: `caddy validate` of the running config, whose queue
+// file the running Caddy holds, succeeds: validating neither opens the
+// store nor starts workers.
+func TestQueueValidate(t *testing.T) {
+	e := setup(t)
+	gw := startCaddy(t, e, queueConfig(freePort(t), ""))
+	sendQueued(t, gw, "msg_queue_validate", 2)
+	cmd := exec.CommandContext(e.ctx, e.bin, "validate", "--config", gw.config, "--adapter", "caddyfile")
+	cmd.Env = append(os.Environ(), "OPENAI_WEBHOOK_SECRET="+webhooktest.Secret,
+		"XDG_CONFIG_HOME="+filepath.Join(gw.dir, "config"), "XDG_DATA_HOME="+filepath.Join(gw.dir, "data"))
+	cmd.WaitDelay = 5 * time.Second
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("caddy validate: %v\n%s", err, out)
+	}
 }

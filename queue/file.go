@@ -25,9 +25,10 @@ func init() {
 // File keeps the queue in one bbolt file: every enqueue is committed with an
 // fsync before the sender is answered, and concurrent enqueues share one
 // commit (bbolt's Batch). One Caddy process holds the file (bbolt locks
-// it); the queue survives reloads, which share the open file, and restarts:
-// messages a killed process had in flight are due again when the file is
-// next opened.
+// it), from when it starts the config, so that caddy validate does not
+// need the lock; the queue survives reloads, which share the open file,
+// and restarts: messages a killed process had in flight are due again when
+// the file is next opened.
 type File struct {
 	// Path is the file. Default: openai-webhook.queue in Caddy's data
 	// directory.
@@ -57,10 +58,12 @@ var (
 // files keeps each open file across config reloads.
 var files = caddy.NewUsagePool()
 
-// fileDB is one open queue file, shared by the handlers that use it.
+// fileDB is one queue file, shared by the handlers that use it, opened on
+// first use.
 type fileDB struct {
-	db   *bolt.DB
-	path string
+	path   string
+	opened atomic.Pointer[bolt.DB]
+	mu     sync.Mutex // opening
 	// live counts the messages not dead, for max_pending.
 	live atomic.Int64
 	max  atomic.Int64
@@ -69,7 +72,30 @@ type fileDB struct {
 	leases sync.Map
 }
 
-func (f *fileDB) Destruct() error { return f.db.Close() }
+func (f *fileDB) Destruct() error {
+	if db := f.opened.Load(); db != nil {
+		return db.Close()
+	}
+	return nil
+}
+
+// bolt returns the open file, opening it if need be.
+func (f *fileDB) bolt() (*bolt.DB, error) {
+	if db := f.opened.Load(); db != nil {
+		return db, nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if db := f.opened.Load(); db != nil {
+		return db, nil
+	}
+	db, err := f.open()
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", f.path, err)
+	}
+	f.opened.Store(db)
+	return db, nil
+}
 
 // Provision opens the file, or takes a share of it if it is open.
 func (q *File) Provision(ctx caddy.Context) error {
@@ -81,12 +107,18 @@ func (q *File) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("path: %w", err)
 	}
 	q.Path = path
-	shared, _, err := files.LoadOrNew(path, func() (caddy.Destructor, error) { return openFile(path) })
+	shared, _, err := files.LoadOrNew(path, func() (caddy.Destructor, error) { return &fileDB{path: path}, nil })
 	if err != nil {
 		return fmt.Errorf("path: %w", err)
 	}
 	q.db = shared.(*fileDB)
 	return nil
+}
+
+// Start implements Store: it opens the file.
+func (q *File) Start() error {
+	_, err := q.db.bolt()
+	return err
 }
 
 // Cleanup releases the handler's share of the file.
@@ -98,17 +130,16 @@ func (q *File) Cleanup() error {
 	return err
 }
 
-// openFile opens the file and makes what a dead process had in flight due
+// open opens the file and makes what a dead process had in flight due
 // again.
-func openFile(path string) (*fileDB, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+func (f *fileDB) open() (*bolt.DB, error) {
+	if err := os.MkdirAll(filepath.Dir(f.path), 0o700); err != nil {
 		return nil, err
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	db, err := bolt.Open(f.path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
 	if err != nil {
 		return nil, err
 	}
-	f := &fileDB{db: db, path: path}
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, name := range [][]byte{bucketMessages, bucketDue, bucketLeases, bucketDead} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
@@ -137,7 +168,7 @@ func openFile(path string) (*fileDB, error) {
 		db.Close()
 		return nil, err
 	}
-	return f, nil
+	return db, nil
 }
 
 // timeKey is an index key: t in big-endian Unix nanoseconds, then id.
@@ -170,6 +201,10 @@ func (f *fileDB) newID(now time.Time) string {
 
 // Enqueue implements Store.
 func (q *File) Enqueue(_ context.Context, m *Message) error {
+	b, err := q.db.bolt()
+	if err != nil {
+		return err
+	}
 	f := q.db
 	for {
 		live := f.live.Load()
@@ -185,7 +220,7 @@ func (q *File) Enqueue(_ context.Context, m *Message) error {
 	raw, err := json.Marshal(m)
 	if err == nil {
 		// Batch: concurrent enqueues share one commit, one fsync.
-		err = f.db.Batch(func(tx *bolt.Tx) error {
+		err = b.Batch(func(tx *bolt.Tx) error {
 			if err := tx.Bucket(bucketMessages).Put([]byte(m.ID), raw); err != nil {
 				return err
 			}
@@ -201,9 +236,13 @@ func (q *File) Enqueue(_ context.Context, m *Message) error {
 
 // Take implements Store.
 func (q *File) Take(_ context.Context, lease time.Duration) (*Message, error) {
+	b, err := q.db.bolt()
+	if err != nil {
+		return nil, err
+	}
 	f := q.db
 	var m *Message
-	err := f.db.Update(func(tx *bolt.Tx) error {
+	err = b.Update(func(tx *bolt.Tx) error {
 		now := time.Now()
 		due, leases := tx.Bucket(bucketDue), tx.Bucket(bucketLeases)
 		// Leases that ended: their worker died without settling.
@@ -254,32 +293,47 @@ func (f *fileDB) endLease(tx *bolt.Tx, id string) error {
 
 // Complete implements Store.
 func (q *File) Complete(_ context.Context, m *Message, a Attempt) error {
+	b, err := q.db.bolt()
+	if err != nil {
+		return err
+	}
 	f := q.db
-	return f.db.Update(func(tx *bolt.Tx) error {
+	removed := false
+	err = b.Update(func(tx *bolt.Tx) error {
 		if err := f.endLease(tx, m.ID); err != nil {
 			return err
 		}
 		msgs := tx.Bucket(bucketMessages)
-		if msgs.Get([]byte(m.ID)) != nil {
-			f.live.Add(-1)
-		}
+		removed = msgs.Get([]byte(m.ID)) != nil
 		return msgs.Delete([]byte(m.ID))
 	})
+	if err == nil && removed {
+		f.live.Add(-1)
+	}
+	return err
 }
 
 // Reschedule implements Store.
 func (q *File) Reschedule(_ context.Context, m *Message, a Attempt, next time.Time) error {
+	b, err := q.db.bolt()
+	if err != nil {
+		return err
+	}
 	f := q.db
 	m.Due = next
 	raw, err := m.recordAttempt(a)
 	if err != nil {
 		return err
 	}
-	return f.db.Update(func(tx *bolt.Tx) error {
+	return b.Update(func(tx *bolt.Tx) error {
 		if err := f.endLease(tx, m.ID); err != nil {
 			return err
 		}
-		if err := tx.Bucket(bucketMessages).Put([]byte(m.ID), raw); err != nil {
+		msgs := tx.Bucket(bucketMessages)
+		if msgs.Get([]byte(m.ID)) == nil {
+			return nil // settled meanwhile: it stays settled
+		}
+		if err := msgs.Put([]byte(m.ID), raw); err != nil {
 			return err
 		}
 		return tx.Bucket(bucketDue).Put(timeKey(next, []byte(m.ID)), nil)
@@ -288,30 +342,44 @@ func (q *File) Reschedule(_ context.Context, m *Message, a Attempt, next time.Ti
 
 // Bury implements Store.
 func (q *File) Bury(_ context.Context, m *Message, a Attempt) error {
+	b, err := q.db.bolt()
+	if err != nil {
+		return err
+	}
 	f := q.db
 	raw, err := m.recordAttempt(a)
 	if err != nil {
 		return err
 	}
-	return f.db.Update(func(tx *bolt.Tx) error {
+	buried := false
+	err = b.Update(func(tx *bolt.Tx) error {
 		if err := f.endLease(tx, m.ID); err != nil {
 			return err
 		}
 		msgs := tx.Bucket(bucketMessages)
-		if msgs.Get([]byte(m.ID)) != nil {
-			f.live.Add(-1)
+		if msgs.Get([]byte(m.ID)) == nil {
+			return nil // settled meanwhile: it stays settled
 		}
 		if err := msgs.Delete([]byte(m.ID)); err != nil {
 			return err
 		}
+		buried = true
 		return tx.Bucket(bucketDead).Put([]byte(m.ID), raw)
 	})
+	if err == nil && buried {
+		f.live.Add(-1)
+	}
+	return err
 }
 
 // Counts implements Store.
 func (q *File) Counts(context.Context) (Counts, error) {
+	b, err := q.db.bolt()
+	if err != nil {
+		return Counts{}, err
+	}
 	var c Counts
-	err := q.db.db.View(func(tx *bolt.Tx) error {
+	err = b.View(func(tx *bolt.Tx) error {
 		now := time.Now()
 		_ = tx.Bucket(bucketDue).ForEach(func(k, _ []byte) error {
 			if keyTime(k).After(now) {
@@ -337,8 +405,12 @@ func (q *File) Counts(context.Context) (Counts, error) {
 
 // Dead implements Store.
 func (q *File) Dead(_ context.Context, limit int) ([]Message, error) {
+	b, err := q.db.bolt()
+	if err != nil {
+		return nil, err
+	}
 	var out []Message
-	err := q.db.db.View(func(tx *bolt.Tx) error {
+	err = b.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketDead).Cursor()
 		for k, v := c.First(); k != nil && len(out) < limit; k, v = c.Next() {
 			var m Message
@@ -355,9 +427,13 @@ func (q *File) Dead(_ context.Context, limit int) ([]Message, error) {
 
 // Revive implements Store.
 func (q *File) Revive(_ context.Context, id string) (int, error) {
+	b, err := q.db.bolt()
+	if err != nil {
+		return 0, err
+	}
 	f := q.db
 	revived := 0
-	err := f.db.Update(func(tx *bolt.Tx) error {
+	err = b.Update(func(tx *bolt.Tx) error {
 		dead := tx.Bucket(bucketDead)
 		var ids [][]byte
 		if id != "" {
@@ -403,7 +479,11 @@ func (q *File) Revive(_ context.Context, id string) (int, error) {
 
 // Drop implements Store.
 func (q *File) Drop(_ context.Context, id string) error {
-	return q.db.db.Update(func(tx *bolt.Tx) error {
+	b, err := q.db.bolt()
+	if err != nil {
+		return err
+	}
+	return b.Update(func(tx *bolt.Tx) error {
 		dead := tx.Bucket(bucketDead)
 		if dead.Get([]byte(id)) == nil {
 			return ErrNotFound

@@ -112,15 +112,21 @@ func (q *Redis) Cleanup() error {
 	return q.Config.Cleanup()
 }
 
-// Open implements Store. It makes the consumer group if Redis is up, and
-// warns when Redis's settings would lose what it acknowledged; a Redis
-// that is down is checked again by no one, but the group is made on first
-// use.
+// Open implements Store.
 func (q *Redis) Open(maxPending int) error {
 	q.max = strconv.Itoa(maxPending)
+	return nil
+}
+
+// Start implements Store. It makes the consumer group if Redis answers,
+// and warns when Redis's settings would lose what it acknowledged. A Redis
+// that does not answer fails nothing: deliveries are refused with 503
+// until it does, and the group is made on first use; its settings are
+// checked at the next start.
+func (q *Redis) Start() error {
 	ctx := context.Background()
 	if err := q.makeGroup(ctx); err != nil {
-		q.logger.Warn("could not reach Redis to check its settings; deliveries are refused with 503 until it answers",
+		q.logger.Warn("could not use Redis to check its settings; deliveries are refused with 503 until it answers",
 			zap.String("endpoint", q.Endpoint()), zap.Error(err))
 		return nil
 	}
@@ -142,14 +148,16 @@ func (q *Redis) Open(maxPending int) error {
 // the group: each Caddy process is one, so restarts leave them behind.
 const consumerIdlePrune = 24 * time.Hour
 
-// makeGroup makes the stream and its consumer group if they do not exist,
-// from the stream's start, so that messages stored before are read too.
+// makeGroup makes the consumer group if it does not exist, and puts back
+// in the stream the messages whose entries went with it (see groupScript).
 func (q *Redis) makeGroup(ctx context.Context) error {
-	err := q.Do(ctx, func(c rueidis.Client) rueidis.Completed {
-		return c.B().XgroupCreate().Key(q.keys.stream).Group(group).Id("0").Mkstream().Build()
-	}).Error()
-	if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
+	n, err := q.Exec(ctx, groupScript, []string{q.keys.stream, q.keys.messages, q.keys.scheduled}, []string{group}).AsInt64()
+	if err != nil {
 		return err
+	}
+	if n > 0 {
+		q.logger.Warn("the queue's stream or consumer group was gone (Redis lost data, or a key was deleted): its messages are due again",
+			zap.String("endpoint", q.Endpoint()), zap.Int64("messages", n))
 	}
 	return nil
 }
@@ -216,6 +224,26 @@ if not m then
 	return false
 end
 return {entry[1], m}`)
+	// KEYS stream, messages, scheduled; ARGV group. Makes the consumer
+	// group, reading the stream from its start, unless it exists; then
+	// every message neither in the stream nor scheduled (its entry was
+	// lost with the stream, or was in flight in the lost group) is added
+	// to the stream again, at least once. Returns how many were.
+	groupScript = rueidis.NewLuaScriptRetryable(`local made = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+if type(made) == 'table' and made.err then
+	if string.find(made.err, 'BUSYGROUP') then return 0 end
+	return made
+end
+local streamed = {}
+for _, e in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do streamed[e[2][2]] = true end
+local n = 0
+for _, id in ipairs(redis.call('HKEYS', KEYS[2])) do
+	if not streamed[id] and not redis.call('ZSCORE', KEYS[3], id) then
+		redis.call('XADD', KEYS[1], '*', 'id', id)
+		n = n + 1
+	end
+end
+return n`)
 	// KEYS stream, messages, live; ARGV group, entry, id.
 	completeScript = rueidis.NewLuaScriptRetryable(`redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
@@ -316,8 +344,8 @@ func (q *Redis) Take(ctx context.Context, lease time.Duration) (*Message, error)
 	args := []string{group, q.consumer, ms(time.Now()), strconv.FormatInt(max(lease.Milliseconds(), 1), 10)}
 	got, err := q.Exec(ctx, takeScript, keys, args).ToArray()
 	if err != nil && strings.Contains(err.Error(), "NOGROUP") {
-		// The stream is gone (Redis lost its data, or was flushed): make
-		// it anew; the messages whose entries went with it are lost too.
+		// The stream or its group is gone (Redis lost data, or a key was
+		// deleted): make them anew.
 		if err = q.makeGroup(ctx); err == nil {
 			got, err = q.Exec(ctx, takeScript, keys, args).ToArray()
 		}

@@ -156,3 +156,39 @@ func TestRedisProvisionErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestRedisStreamLost: when the stream goes (evicted, deleted) while its
+// messages stay, the store makes it anew and every message is due again,
+// the one in flight included, each once; one stored after the loss too.
+func TestRedisStreamLost(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t, redistest.Options{Durable: true})
+	q, _ := openStore(t, &Redis{Config: redisconn.Config{Address: srv.Addr}}, 10)
+	for _, id := range []string{"wh_a", "wh_b", "wh_c"} {
+		if err := q.Enqueue(ctx, message(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m := take(t, q, time.Minute); m == nil || m.WebhookID != "wh_a" {
+		t.Fatalf("taken: %+v", m)
+	}
+	if got := srv.Do("DEL", q.keys.stream); got != ":1" {
+		t.Fatalf("DEL: %s", got)
+	}
+	if err := q.Enqueue(ctx, message("wh_d")); err != nil {
+		t.Fatal(err)
+	}
+	taken := map[string]int{}
+	for m := take(t, q, time.Minute); m != nil; m = take(t, q, time.Minute) {
+		taken[m.WebhookID]++
+		if err := q.Complete(ctx, m, Attempt{At: time.Now(), Status: 200}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(taken) != 4 || taken["wh_a"] != 1 || taken["wh_b"] != 1 || taken["wh_c"] != 1 || taken["wh_d"] != 1 {
+		t.Fatalf("taken after the loss: %v, want each of the four once", taken)
+	}
+	if c := counts(t, q); c != (Counts{}) {
+		t.Fatalf("after all were delivered: %+v", c)
+	}
+}

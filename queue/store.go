@@ -89,6 +89,12 @@ type Store interface {
 	// Open binds the store to its queue's limit on messages not dead. The
 	// handler calls it once, while it is provisioned.
 	Open(maxPending int) error
+	// Start readies the store for use, once Caddy runs the config (not
+	// for caddy validate): the file engine opens and locks its file, the
+	// Redis engine makes its consumer group and checks Redis's settings.
+	// An error fails the config. It may be called again by the next
+	// config sharing the store.
+	Start() error
 	// Enqueue stores m, due at once, and returns only once it is durable;
 	// ErrFull when the queue is at its limit.
 	Enqueue(ctx context.Context, m *Message) error

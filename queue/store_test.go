@@ -55,6 +55,9 @@ func openStore[S interface {
 	if err := q.Open(maxPending); err != nil {
 		t.Fatal(err)
 	}
+	if err := q.Start(); err != nil {
+		t.Fatal(err)
+	}
 	closed := false
 	stop := func() {
 		if !closed {
@@ -356,6 +359,44 @@ func TestStoreConcurrent(t *testing.T) {
 		}
 		if c := counts(t, stores[0]); c != (Counts{}) {
 			t.Fatalf("after all were completed: %+v", c)
+		}
+	})
+}
+
+// TestStoreLateSettle: a worker whose lease ended while its attempt ran
+// (another took the message over and delivered it) settles too late: its
+// retry or dead letter must not bring the delivered message back.
+func TestStoreLateSettle(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, open opener) {
+		ctx := context.Background()
+		q, _ := open(t, 10)
+		if err := q.Enqueue(ctx, message("wh_late")); err != nil {
+			t.Fatal(err)
+		}
+		const lease = 100 * time.Millisecond
+		late := take(t, q, lease)
+		time.Sleep(lease + 50*time.Millisecond)
+		other := take(t, q, lease)
+		if late == nil || other == nil || other.ID != late.ID {
+			t.Fatalf("taken %+v, then over %+v", late, other)
+		}
+		if err := q.Complete(ctx, other, Attempt{At: time.Now(), Status: 200}); err != nil {
+			t.Fatal(err)
+		}
+		if err := q.Reschedule(ctx, late, Attempt{At: time.Now(), Error: "timeout"}, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		if err := q.Bury(ctx, late, Attempt{At: time.Now(), Error: "timeout"}); err != nil {
+			t.Fatal(err)
+		}
+		if c := counts(t, q); c != (Counts{}) {
+			t.Fatalf("after the late settles: %+v, want nothing left", c)
+		}
+		if err := q.Enqueue(ctx, message("wh_after")); err != nil {
+			t.Fatal(err)
+		}
+		if c := counts(t, q); c != (Counts{Pending: 1}) {
+			t.Fatalf("max_pending's count after the late settles: %+v", c)
 		}
 	})
 }
