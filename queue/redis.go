@@ -145,7 +145,8 @@ func (q *Redis) Start() error {
 }
 
 // consumerIdlePrune is how long a consumer with nothing in flight stays in
-// the group: each Caddy process is one, so restarts leave them behind.
+// the group: each Caddy process that took a message is one (Redis makes
+// it then), so restarts leave them behind.
 const consumerIdlePrune = 24 * time.Hour
 
 // makeGroup makes the consumer group if it does not exist, and puts back

@@ -192,3 +192,40 @@ func TestRedisStreamLost(t *testing.T) {
 		t.Fatalf("after all were delivered: %+v", c)
 	}
 }
+
+// TestRedisPruneConsumers: consumers left by restarts are deleted once
+// idle with nothing in flight; one holding a message is kept.
+func TestRedisPruneConsumers(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t, redistest.Options{Durable: true})
+	holding, _ := openStore(t, &Redis{Config: redisconn.Config{Address: srv.Addr}, consumer: "holding"}, 10)
+	idle, _ := openStore(t, &Redis{Config: redisconn.Config{Address: srv.Addr}, consumer: "idle"}, 10)
+	for _, id := range []string{"wh_held", "wh_done"} {
+		if err := holding.Enqueue(ctx, message(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m := take(t, holding, time.Minute); m == nil {
+		t.Fatal("nothing taken")
+	}
+	// Redis makes a consumer when it first gets a message: idle takes one
+	// and settles it.
+	done := take(t, idle, time.Minute)
+	if done == nil {
+		t.Fatal("nothing taken")
+	}
+	if err := idle.Complete(ctx, done, Attempt{At: time.Now(), Status: 200}); err != nil {
+		t.Fatal(err)
+	}
+	if got := srv.Do("XINFO", "CONSUMERS", holding.keys.stream, group); got != "*2" {
+		t.Fatalf("consumers before: %s", got)
+	}
+	time.Sleep(10 * time.Millisecond)
+	pruned, err := idle.Exec(ctx, pruneScript, []string{idle.keys.stream}, []string{group, "1"}).AsInt64()
+	if err != nil || pruned != 1 {
+		t.Fatalf("pruned %d, %v; want the idle one", pruned, err)
+	}
+	if got := srv.Do("XINFO", "CONSUMERS", holding.keys.stream, group); got != "*1" {
+		t.Fatalf("consumers after: %s", got)
+	}
+}
