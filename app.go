@@ -43,15 +43,21 @@ func (a *App) add(q *Queue) error {
 		if other.store.Name() != q.store.Name() {
 			continue
 		}
-		mine, _ := json.Marshal(q)
-		theirs, _ := json.Marshal(other)
-		if !bytes.Equal(mine, theirs) {
+		if !bytes.Equal(q.settings(), other.settings()) {
 			return fmt.Errorf("store: %s is also the store of another handler, with other queue settings (to %s): give each endpoint a store of its own (another path or key_prefix)",
 				q.store.Name(), other.target.Redacted())
 		}
 	}
 	a.queues = append(a.queues, q)
 	return nil
+}
+
+// settings are the queue's settings as loaded, with to expanded.
+func (q *Queue) settings() []byte {
+	loaded := *q
+	loaded.To = q.target.String()
+	raw, _ := json.Marshal(&loaded)
+	return raw
 }
 
 // Start readies the queues' stores (the file engine opens its file) and

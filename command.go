@@ -325,7 +325,7 @@ func readHeaderFile(path string) (http.Header, error) {
 
 func queueCommand() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "queue status|dead|retry|drop [--address ADDR | --config FILE [--adapter NAME]] [--queue NAME] [--id ID]",
+		Use:   "queue status|dead|retry|drop [--address ADDR | --config FILE [--adapter NAME]] [--queue NAME] [--id ID] [--limit N]",
 		Short: "Show the queues of a running Caddy, list their dead letters, retry or drop them",
 		Long: `Talks to the admin endpoint of a running Caddy, found as caddy reload finds it:
 --address, or the admin address in --config, or $CADDY_ADMIN, or localhost:2019

@@ -34,7 +34,8 @@ type File struct {
 	// directory.
 	Path string `json:"path,omitempty"`
 
-	db *fileDB
+	db         *fileDB
+	maxPending int64
 }
 
 // CaddyModule returns the Caddy module information.
@@ -115,10 +116,16 @@ func (q *File) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// Start implements Store: it opens the file.
+// Start implements Store: it opens the file, and makes max_pending the
+// limit of the file.
+// The limit is the file's from now on: set at start, so that a config
+// that fails to load leaves the running one's.
 func (q *File) Start() error {
-	_, err := q.db.bolt()
-	return err
+	if _, err := q.db.bolt(); err != nil {
+		return err
+	}
+	q.db.max.Store(q.maxPending)
+	return nil
 }
 
 // Cleanup releases the handler's share of the file.
@@ -184,7 +191,7 @@ func keyTime(k []byte) time.Time {
 
 // Open implements Store.
 func (q *File) Open(maxPending int) error {
-	q.db.max.Store(int64(maxPending))
+	q.maxPending = int64(maxPending)
 	return nil
 }
 

@@ -2,9 +2,12 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
 )
 
 // TestFileReopen: what a process had in flight when it died is due again
@@ -41,5 +44,36 @@ func TestFileReopen(t *testing.T) {
 	}
 	if err := q.Enqueue(ctx, message("wh_after")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestFileLimitAtStart: a config that loads the same file but is not
+// started (it failed to load, or is being validated) leaves the running
+// config's max_pending in force.
+func TestFileLimitAtStart(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "q")
+	running, _ := openStore(t, &File{Path: path}, 1)
+	loading, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	next := &File{Path: path}
+	if err := next.Provision(loading); err != nil {
+		t.Fatal(err)
+	}
+	defer next.Cleanup()
+	if err := next.Open(1000); err != nil {
+		t.Fatal(err)
+	}
+	if err := running.Enqueue(ctx, message("wh_1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := running.Enqueue(ctx, message("wh_2")); !errors.Is(err, ErrFull) {
+		t.Fatalf("past the running config's max_pending 1: %v", err)
+	}
+	if err := next.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := running.Enqueue(ctx, message("wh_2")); err != nil {
+		t.Fatalf("once the next config started with max_pending 1000: %v", err)
 	}
 }
