@@ -363,3 +363,20 @@ func TestQueueStartFails(t *testing.T) {
 		t.Fatalf("start: %v, want an error naming the queue", err)
 	}
 }
+
+// TestQueueStoresBeforeStart: Caddy starts its apps in no set order, so a
+// delivery can arrive before the queue's workers start: it is stored, and
+// delivered once they do.
+func TestQueueStoresBeforeStart(t *testing.T) {
+	backend, to := newQueueApp(t)
+	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}, Queue: &Queue{To: to,
+		StoreRaw: json.RawMessage(fmt.Sprintf(`{"backend":"file","path":%q}`, filepath.Join(t.TempDir(), "queue")))}})
+	if status := deliverRequest(t, h, signedRequest(t, "wh_early", []byte(`{}`), time.Now()), &app{}); status != http.StatusOK {
+		t.Fatalf("a delivery before the queue started: %d, want 200", status)
+	}
+	if err := h.Queue.app.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Queue.app.Stop() })
+	backend.waitRequests(t, 1)
+}

@@ -67,7 +67,6 @@ type fileDB struct {
 	mu     sync.Mutex // opening
 	// live counts the messages not dead, for max_pending.
 	live atomic.Int64
-	max  atomic.Int64
 	seq  atomic.Uint64
 	// leases maps the id of a message in flight to its lease key.
 	leases sync.Map
@@ -116,16 +115,10 @@ func (q *File) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// Start implements Store: it opens the file, and makes max_pending the
-// limit of the file.
-// The limit is the file's from now on: set at start, so that a config
-// that fails to load leaves the running one's.
+// Start implements Store: it opens the file.
 func (q *File) Start() error {
-	if _, err := q.db.bolt(); err != nil {
-		return err
-	}
-	q.db.max.Store(q.maxPending)
-	return nil
+	_, err := q.db.bolt()
+	return err
 }
 
 // Cleanup releases the handler's share of the file.
@@ -215,7 +208,10 @@ func (q *File) Enqueue(_ context.Context, m *Message) error {
 	f := q.db
 	for {
 		live := f.live.Load()
-		if live >= f.max.Load() {
+		// Each config's handlers hold the count to their own limit: a
+		// config that is loading (or failed to) changes nothing for the
+		// running one's, whichever of Caddy's apps starts first.
+		if live >= q.maxPending {
 			return ErrFull
 		}
 		if f.live.CompareAndSwap(live, live+1) {

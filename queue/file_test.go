@@ -47,10 +47,11 @@ func TestFileReopen(t *testing.T) {
 	}
 }
 
-// TestFileLimitAtStart: a config that loads the same file but is not
-// started (it failed to load, or is being validated) leaves the running
-// config's max_pending in force.
-func TestFileLimitAtStart(t *testing.T) {
+// TestFileLimitPerConfig: handlers of two configs sharing the file (a
+// reload) each hold the shared count to their own max_pending, from the
+// first request on: a config being loaded, or that failed to load, changes
+// nothing for the running one.
+func TestFileLimitPerConfig(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "q")
 	running, _ := openStore(t, &File{Path: path}, 1)
@@ -70,10 +71,10 @@ func TestFileLimitAtStart(t *testing.T) {
 	if err := running.Enqueue(ctx, message("wh_2")); !errors.Is(err, ErrFull) {
 		t.Fatalf("past the running config's max_pending 1: %v", err)
 	}
-	if err := next.Start(); err != nil {
-		t.Fatal(err)
+	if err := next.Enqueue(ctx, message("wh_2")); err != nil {
+		t.Fatalf("under the next config's max_pending 1000: %v", err)
 	}
-	if err := running.Enqueue(ctx, message("wh_2")); err != nil {
-		t.Fatalf("once the next config started with max_pending 1000: %v", err)
+	if c := counts(t, running); c != (Counts{Pending: 2}) {
+		t.Fatalf("the shared count: %+v", c)
 	}
 }
