@@ -22,6 +22,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/webhookgate/caddy-openai-webhook/internal/freeport"
 )
 
 // Pebble, Let's Encrypt's test ACME server, and its DNS companion: pinned,
@@ -49,15 +51,15 @@ func TestAutomaticHTTPS(t *testing.T) {
 	// Pebble's own HTTPS endpoint needs a certificate; Caddy trusts it
 	// through acme_ca_root.
 	acmeRoot := writeServerCert(t, dir, "pebble-api")
-	dns, dnsAdmin := freePort(t), freePort(t)
+	dns, dnsAdmin := freeport.Get(t), freeport.Get(t)
 	start(t, exec.CommandContext(e.ctx, challtestsrv,
 		"-dnsserver", fmt.Sprintf("127.0.0.1:%d", dns), "-management", fmt.Sprintf("127.0.0.1:%d", dnsAdmin),
 		"-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
 		"-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", ""),
 		"pebble-challtestsrv", fmt.Sprintf("127.0.0.1:%d", dnsAdmin))
 
-	httpPort, httpsPort := freePort(t), freePort(t)
-	acme, acmeAdmin := freePort(t), freePort(t)
+	httpPort, httpsPort := freeport.Get(t), freeport.Get(t)
+	acme, acmeAdmin := freeport.Get(t), freeport.Get(t)
 	config := map[string]any{"pebble": map[string]any{
 		"listenAddress":                  fmt.Sprintf("127.0.0.1:%d", acme),
 		"managementListenAddress":        fmt.Sprintf("127.0.0.1:%d", acmeAdmin),
@@ -83,7 +85,7 @@ func TestAutomaticHTTPS(t *testing.T) {
 	pebbleLog, _ := start(t, cmd, "pebble", fmt.Sprintf("127.0.0.1:%d", acme))
 
 	up := startUpstream(t, e)
-	gw := &caddyServer{bin: e.bin, admin: fmt.Sprintf("127.0.0.1:%d", freePort(t)), dir: filepath.Join(dir, "caddy")}
+	gw := &caddyServer{bin: e.bin, admin: fmt.Sprintf("127.0.0.1:%d", freeport.Get(t)), dir: filepath.Join(dir, "caddy")}
 	gw.config = filepath.Join(dir, "Caddyfile")
 	gw.url = fmt.Sprintf("https://%s:%d", site, httpsPort)
 	caddyfile := fmt.Sprintf(`{

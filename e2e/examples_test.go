@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/webhookgate/caddy-openai-webhook/internal/freeport"
 )
 
 // TestExamples runs each example pair as its README says — the app, then
@@ -25,14 +27,14 @@ func TestExamples(t *testing.T) {
 	} {
 		t.Run(ex.name, func(t *testing.T) {
 			dir := filepath.Join(e.root, "examples", ex.name)
-			appPort, site := freePort(t), fmt.Sprintf("127.0.0.1:%d", freePort(t))
+			appPort, site := freeport.Get(t), fmt.Sprintf("127.0.0.1:%d", freeport.Get(t))
 			app := exec.CommandContext(e.ctx, ex.app[0], ex.app[1:]...)
 			app.Dir = dir
 			app.Env = append(app.Environ(), "PORT="+strconv.Itoa(appPort))
 			appOut, _ := start(t, app, ex.name+" app", fmt.Sprintf("127.0.0.1:%d", appPort))
 
 			gw := &caddyServer{bin: e.bin, dir: t.TempDir(), config: filepath.Join(dir, "Caddyfile"), addr: site, url: "http://" + site}
-			gw.admin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+			gw.admin = fmt.Sprintf("127.0.0.1:%d", freeport.Get(t))
 			gw.run(t, e, site, "SITE_ADDRESS=http://"+site, fmt.Sprintf("APP_ADDRESS=127.0.0.1:%d", appPort), "CADDY_ADMIN="+gw.admin)
 
 			out, code := e.command(t, "", "send", "--url", gw.url+"/hooks/openai", "--type", "batch.completed", "--id", "wh_example_"+ex.name)

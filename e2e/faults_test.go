@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/webhookgate/caddy-openai-webhook/internal/freeport"
 	"github.com/webhookgate/caddy-openai-webhook/internal/webhooktest"
 )
 
@@ -49,7 +50,7 @@ func checkStatus(t *testing.T, resp *http.Response, answer []byte, want int) {
 // (a) The upstream is down: 502, and the id is released.
 func TestFaultUpstreamDown(t *testing.T) {
 	e := setup(t)
-	port := freePort(t) // where the upstream starts later
+	port := freeport.Get(t) // where the upstream starts later
 	gw := startCaddy(t, e, caddyConfig{UpstreamPort: port})
 	id := "msg_fault_down"
 	body := event(id)

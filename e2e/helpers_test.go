@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/webhookgate/caddy-openai-webhook/internal/caddybuild"
+	"github.com/webhookgate/caddy-openai-webhook/internal/freeport"
 	"github.com/webhookgate/caddy-openai-webhook/internal/webhooktest"
 )
 
@@ -147,7 +148,7 @@ type upstream struct {
 // startUpstream runs testdata/upstream.py on a free port.
 func startUpstream(t *testing.T, e *e2e) *upstream {
 	t.Helper()
-	return startUpstreamOn(t, e, freePort(t))
+	return startUpstreamOn(t, e, freeport.Get(t))
 }
 
 // startUpstreamOn runs testdata/upstream.py on port, which a test may have
@@ -337,8 +338,8 @@ func startCaddy(t *testing.T, e *e2e, cfg caddyConfig) *caddyServer {
 	dir := t.TempDir()
 	c := &caddyServer{
 		bin:    e.bin,
-		addr:   fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		admin:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		addr:   fmt.Sprintf("127.0.0.1:%d", freeport.Get(t)),
+		admin:  fmt.Sprintf("127.0.0.1:%d", freeport.Get(t)),
 		dir:    dir,
 		config: filepath.Join(dir, "Caddyfile"),
 	}
@@ -661,17 +662,6 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// freePort returns a port on 127.0.0.1 that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // syncBuffer is a bytes.Buffer safe for the goroutines that copy a

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/webhookgate/caddy-openai-webhook/internal/freeport"
 	"github.com/webhookgate/caddy-openai-webhook/internal/webhooktest"
 )
 
@@ -119,7 +120,7 @@ func TestOpenAISDKAcceptsSign(t *testing.T) {
 // headers reach the app, sent whole or chunked.
 func TestNodeAppReverifies(t *testing.T) {
 	e := setup(t)
-	port := freePort(t)
+	port := freeport.Get(t)
 	cmd := exec.CommandContext(e.ctx, "node", "upstream.mjs", strconv.Itoa(port), webhooktest.Secret)
 	cmd.Dir = nodeDir(t, e)
 	stdin, err := cmd.StdinPipe()

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/webhookgate/caddy-openai-webhook/internal/freeport"
 	"github.com/webhookgate/caddy-openai-webhook/internal/redistest"
 	"github.com/webhookgate/caddy-openai-webhook/internal/webhooktest"
 )
@@ -83,7 +84,7 @@ func waitDelivered(t *testing.T, up *upstream, sent map[string][]byte) map[strin
 // and the original headers intact, with the attempt's number.
 func TestQueueAppDownThenUp(t *testing.T) {
 	e := setup(t)
-	port := freePort(t) // the app starts later
+	port := freeport.Get(t) // the app starts later
 	gw := startCaddy(t, e, queueConfig(port, ""))
 	sent := sendQueued(t, gw, "msg_queue_down", 20)
 	waitFor(t, "attempts to fail while the app is down", func() bool {
@@ -199,7 +200,7 @@ func TestQueueReloadUnderLoad(t *testing.T) {
 // once the app is back, and drops another. A full queue refuses with 503.
 func TestQueueDeadLettersByCLI(t *testing.T) {
 	e := setup(t)
-	port := freePort(t)
+	port := freeport.Get(t)
 	gw := startCaddy(t, e, queueConfig(port, "max_pending 3"))
 	sent := sendQueued(t, gw, "msg_queue_dead", 2)
 	admin := []string{"--address", gw.admin}
@@ -319,7 +320,7 @@ func TestQueueFleet(t *testing.T) {
 // store nor starts workers.
 func TestQueueValidate(t *testing.T) {
 	e := setup(t)
-	gw := startCaddy(t, e, queueConfig(freePort(t), ""))
+	gw := startCaddy(t, e, queueConfig(freeport.Get(t), ""))
 	sendQueued(t, gw, "msg_queue_validate", 2)
 	cmd := exec.CommandContext(e.ctx, e.bin, "validate", "--config", gw.config, "--adapter", "caddyfile")
 	cmd.Env = append(os.Environ(), "OPENAI_WEBHOOK_SECRET="+webhooktest.Secret,

@@ -25,6 +25,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/webhookgate/caddy-openai-webhook/internal/freeport"
 )
 
 // Options choose how the server is protected.
@@ -72,12 +74,7 @@ func Start(t testing.TB, opts Options) *Server {
 		t.Skip("redis-server is not installed (Debian: apt-get install redis-server); CI runs this test")
 	}
 	s := &Server{t: t, opts: opts, dir: t.TempDir()}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.port = l.Addr().(*net.TCPAddr).Port
-	l.Close()
+	s.port = freeport.Get(t)
 	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
 	if opts.TLS {
 		s.writeCertificates()
