@@ -68,8 +68,6 @@ type fileDB struct {
 	// live counts the messages not dead, for max_pending.
 	live atomic.Int64
 	seq  atomic.Uint64
-	// leases maps the id of a message in flight to its lease key.
-	leases sync.Map
 }
 
 func (f *fileDB) Destruct() error {
@@ -243,11 +241,10 @@ func (q *File) Take(_ context.Context, lease time.Duration) (*Message, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := q.db
 	var m *Message
 	err = b.Update(func(tx *bolt.Tx) error {
 		now := time.Now()
-		due, leases := tx.Bucket(bucketDue), tx.Bucket(bucketLeases)
+		due, leases, msgs := tx.Bucket(bucketDue), tx.Bucket(bucketLeases), tx.Bucket(bucketMessages)
 		// Leases that ended: their worker died without settling.
 		c := leases.Cursor()
 		for k, _ := c.First(); k != nil && !keyTime(k).After(now); k, _ = c.First() {
@@ -255,30 +252,29 @@ func (q *File) Take(_ context.Context, lease time.Duration) (*Message, error) {
 			if err := c.Delete(); err != nil {
 				return err
 			}
-			f.leases.Delete(string(id))
 			if err := due.Put(timeKey(now, id), nil); err != nil {
 				return err
 			}
 		}
-		k, _ := due.Cursor().First()
-		if k == nil || keyTime(k).After(now) {
-			return nil
+		c = due.Cursor()
+		for k, _ := c.First(); k != nil && !keyTime(k).After(now); k, _ = c.First() {
+			id := bytes.Clone(k[8:])
+			if err := c.Delete(); err != nil {
+				return err
+			}
+			raw := msgs.Get(id)
+			if raw == nil {
+				continue // settled meanwhile (completed by a take whose lease had ended)
+			}
+			m = new(Message)
+			if err := json.Unmarshal(raw, m); err != nil {
+				return err
+			}
+			leaseKey := timeKey(now.Add(lease), id)
+			m.entry = string(leaseKey)
+			return leases.Put(leaseKey, nil)
 		}
-		id := bytes.Clone(k[8:])
-		if err := due.Delete(k); err != nil {
-			return err
-		}
-		raw := tx.Bucket(bucketMessages).Get(id)
-		if raw == nil {
-			return nil // settled meanwhile
-		}
-		m = new(Message)
-		if err := json.Unmarshal(raw, m); err != nil {
-			return err
-		}
-		leaseKey := timeKey(now.Add(lease), id)
-		f.leases.Store(string(id), leaseKey)
-		return leases.Put(leaseKey, nil)
+		return nil
 	})
 	if err != nil {
 		return nil, err
@@ -286,12 +282,17 @@ func (q *File) Take(_ context.Context, lease time.Duration) (*Message, error) {
 	return m, nil
 }
 
-// endLease removes the message's lease, in tx.
-func (f *fileDB) endLease(tx *bolt.Tx, id string) error {
-	if k, ok := f.leases.LoadAndDelete(id); ok {
-		return tx.Bucket(bucketLeases).Delete(k.([]byte))
+// endLease removes the lease of m's take, in tx, and reports whether the
+// take still held it: a lease that ended was removed by the Take that made
+// the message due again, and a later one is not this take's. Lease keys
+// are unique: a take-over comes after the previous lease's end, so its own
+// ends later.
+func endLease(tx *bolt.Tx, m *Message) (bool, error) {
+	leases := tx.Bucket(bucketLeases)
+	if leases.Get([]byte(m.entry)) == nil {
+		return false, nil
 	}
-	return nil
+	return true, leases.Delete([]byte(m.entry))
 }
 
 // Complete implements Store.
@@ -303,7 +304,7 @@ func (q *File) Complete(_ context.Context, m *Message, a Attempt) error {
 	f := q.db
 	removed := false
 	err = b.Update(func(tx *bolt.Tx) error {
-		if err := f.endLease(tx, m.ID); err != nil {
+		if _, err := endLease(tx, m); err != nil {
 			return err
 		}
 		msgs := tx.Bucket(bucketMessages)
@@ -322,14 +323,13 @@ func (q *File) Reschedule(_ context.Context, m *Message, a Attempt, next time.Ti
 	if err != nil {
 		return err
 	}
-	f := q.db
 	m.Due = next
 	raw, err := m.recordAttempt(a)
 	if err != nil {
 		return err
 	}
 	return b.Update(func(tx *bolt.Tx) error {
-		if err := f.endLease(tx, m.ID); err != nil {
+		if held, err := endLease(tx, m); err != nil || !held {
 			return err
 		}
 		msgs := tx.Bucket(bucketMessages)
@@ -356,7 +356,7 @@ func (q *File) Bury(_ context.Context, m *Message, a Attempt) error {
 	}
 	buried := false
 	err = b.Update(func(tx *bolt.Tx) error {
-		if err := f.endLease(tx, m.ID); err != nil {
+		if held, err := endLease(tx, m); err != nil || !held {
 			return err
 		}
 		msgs := tx.Bucket(bucketMessages)

@@ -189,10 +189,18 @@ func (q *Redis) durabilityProblems(ctx context.Context) ([]string, error) {
 // Name implements Store.
 func (q *Redis) Name() string { return "redis:" + q.Endpoint() + "/" + q.KeyPrefix }
 
+// heldScript begins the scripts that settle a take only while it still holds
+// its entry: pending, with the delivery count the take saw (ARGV group,
+// entry, and the count as ARGV[6]).
+const heldScript = `local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if not p[1] or p[1][4] ~= tonumber(ARGV[6]) then return 0 end
+`
+
 // The scripts. Each moves a message between states atomically. Enqueue is
 // not idempotent (sent twice it stores the message twice), so a broken
-// connection fails it and the sender is refused; the others are, and the
-// client sends them again over a new connection.
+// connection fails it and the sender is refused; nor is revive's answer (sent
+// again it finds the letter gone), so the operator sees the error. The
+// others are, and the client sends them again over a new connection.
 var (
 	// KEYS live, messages, stream; ARGV max_pending, id, message,
 	// received (ms). Returns 0 when full.
@@ -204,7 +212,8 @@ return 1`)
 	// KEYS stream, scheduled, messages; ARGV group, consumer, now (ms),
 	// lease (ms). Moves the scheduled messages now due into the stream,
 	// then claims an entry idle for the lease (its consumer died) or reads
-	// a new one. Returns the entry's id and the message, or nil.
+	// a new one. Returns the entry's id, the message and the entry's
+	// delivery count (one more with each take), or nil.
 	takeScript = rueidis.NewLuaScriptRetryable(`local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, 100)
 for _, id in ipairs(due) do
 	redis.call('ZREM', KEYS[2], id)
@@ -224,7 +233,8 @@ if not m then
 	redis.call('XDEL', KEYS[1], entry[1])
 	return false
 end
-return {entry[1], m}`)
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], entry[1], entry[1], 1)
+return {entry[1], m, p[1][4]}`)
 	// KEYS stream, messages, scheduled; ARGV group. Makes the consumer
 	// group, reading the stream from its start, unless it exists; then
 	// every message neither in the stream nor scheduled (its entry was
@@ -252,16 +262,18 @@ redis.call('HDEL', KEYS[2], ARGV[3])
 redis.call('ZREM', KEYS[3], ARGV[3])
 return 1`)
 	// KEYS stream, messages, scheduled; ARGV group, entry, id, message,
-	// due (ms). A message settled meanwhile stays settled.
-	rescheduleScript = rueidis.NewLuaScriptRetryable(`redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+	// due (ms), delivery count of the take. A take whose entry was taken
+	// over (the count moved on) or settled changes nothing.
+	rescheduleScript = rueidis.NewLuaScriptRetryable(heldScript + `redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[3])
 return 1`)
 	// KEYS stream, messages, live, dead, dead_index; ARGV group, entry,
-	// id, message, received (ms).
-	buryScript = rueidis.NewLuaScriptRetryable(`redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+	// id, message, received (ms), delivery count of the take; like
+	// rescheduleScript, only while the take holds the entry.
+	buryScript = rueidis.NewLuaScriptRetryable(heldScript + `redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 if redis.call('HDEL', KEYS[2], ARGV[3]) == 0 then return 0 end
 redis.call('ZREM', KEYS[3], ARGV[3])
@@ -269,8 +281,13 @@ redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
 redis.call('ZADD', KEYS[5], ARGV[5], ARGV[3])
 return 1`)
 	// KEYS dead, dead_index, messages, live, stream; ARGV id, message,
-	// received (ms). Returns 0 when id is no dead letter.
-	reviveScript = rueidis.NewLuaScriptRetryable(`if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+	// received (ms), the dead letter as read. Returns 0 when id is no dead
+	// letter, -1 when it changed since it was read (revived and buried
+	// again).
+	reviveScript = rueidis.NewLuaScript(`local dead = redis.call('HGET', KEYS[1], ARGV[1])
+if not dead then return 0 end
+if dead ~= ARGV[4] then return -1 end
+redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
@@ -357,7 +374,7 @@ func (q *Redis) Take(ctx context.Context, lease time.Duration) (*Message, error)
 	if err != nil {
 		return nil, fmt.Errorf("redis: taking: %w", err)
 	}
-	if len(got) != 2 {
+	if len(got) != 3 {
 		return nil, fmt.Errorf("redis: taking: unexpected answer of %d values", len(got))
 	}
 	entry, err := got[0].ToString()
@@ -372,14 +389,19 @@ func (q *Redis) Take(ctx context.Context, lease time.Duration) (*Message, error)
 	if err := json.Unmarshal([]byte(raw), m); err != nil {
 		return nil, fmt.Errorf("redis: taking: %w", err)
 	}
-	m.entry = entry
+	deliveries, err := got[2].AsInt64()
+	if err != nil {
+		return nil, fmt.Errorf("redis: taking: %w", err)
+	}
+	m.entry = entry + " " + strconv.FormatInt(deliveries, 10)
 	return m, nil
 }
 
 // Complete implements Store.
 func (q *Redis) Complete(ctx context.Context, m *Message, _ Attempt) error {
+	entry, _ := taken(m)
 	err := q.Exec(ctx, completeScript, []string{q.keys.stream, q.keys.messages, q.keys.live},
-		[]string{group, m.entry, m.ID}).Error()
+		[]string{group, entry, m.ID}).Error()
 	if err != nil {
 		return fmt.Errorf("redis: completing: %w", err)
 	}
@@ -393,8 +415,9 @@ func (q *Redis) Reschedule(ctx context.Context, m *Message, a Attempt, next time
 	if err != nil {
 		return err
 	}
+	entry, deliveries := taken(m)
 	err = q.Exec(ctx, rescheduleScript, []string{q.keys.stream, q.keys.messages, q.keys.scheduled},
-		[]string{group, m.entry, m.ID, string(raw), ms(next)}).Error()
+		[]string{group, entry, m.ID, string(raw), ms(next), deliveries}).Error()
 	if err != nil {
 		return fmt.Errorf("redis: rescheduling: %w", err)
 	}
@@ -407,12 +430,20 @@ func (q *Redis) Bury(ctx context.Context, m *Message, a Attempt) error {
 	if err != nil {
 		return err
 	}
+	entry, deliveries := taken(m)
 	err = q.Exec(ctx, buryScript, []string{q.keys.stream, q.keys.messages, q.keys.live, q.keys.dead, q.keys.deadIndex},
-		[]string{group, m.entry, m.ID, string(raw), ms(m.Received)}).Error()
+		[]string{group, entry, m.ID, string(raw), ms(m.Received), deliveries}).Error()
 	if err != nil {
 		return fmt.Errorf("redis: burying: %w", err)
 	}
 	return nil
+}
+
+// taken splits m's handle into its take's stream entry and that entry's
+// delivery count then.
+func taken(m *Message) (entry, deliveries string) {
+	entry, deliveries, _ = strings.Cut(m.entry, " ")
+	return entry, deliveries
 }
 
 // Counts implements Store.
@@ -489,32 +520,39 @@ func (q *Redis) Revive(ctx context.Context, id string) (int, error) {
 }
 
 // revive makes the dead letter id due, and reports whether there was one
-// (it may have been dropped or revived meanwhile).
+// (it may have been dropped or revived meanwhile). The letter is read, made
+// due, and written back only if it is still as read, so a letter buried
+// again meanwhile keeps its newer history; that is tried a few times.
 func (q *Redis) revive(ctx context.Context, id string) (bool, error) {
-	raw, err := q.Do(ctx, func(c rueidis.Client) rueidis.Completed {
-		return c.B().Hget().Key(q.keys.dead).Field(id).Build()
-	}).ToString()
-	if rueidis.IsRedisNil(err) {
-		return false, nil
+	for range 3 {
+		raw, err := q.Do(ctx, func(c rueidis.Client) rueidis.Completed {
+			return c.B().Hget().Key(q.keys.dead).Field(id).Build()
+		}).ToString()
+		if rueidis.IsRedisNil(err) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("redis: reviving: %w", err)
+		}
+		var m Message
+		if err := json.Unmarshal([]byte(raw), &m); err != nil {
+			return false, fmt.Errorf("redis: reviving: %w", err)
+		}
+		m.Due, m.Tries = time.Now(), 0
+		fresh, err := json.Marshal(m)
+		if err != nil {
+			return false, err
+		}
+		n, err := q.Exec(ctx, reviveScript, []string{q.keys.dead, q.keys.deadIndex, q.keys.messages, q.keys.live, q.keys.stream},
+			[]string{id, string(fresh), ms(m.Received), raw}).AsInt64()
+		if err != nil {
+			return false, fmt.Errorf("redis: reviving: %w", err)
+		}
+		if n >= 0 {
+			return n == 1, nil
+		}
 	}
-	if err != nil {
-		return false, fmt.Errorf("redis: reviving: %w", err)
-	}
-	var m Message
-	if err := json.Unmarshal([]byte(raw), &m); err != nil {
-		return false, fmt.Errorf("redis: reviving: %w", err)
-	}
-	m.Due, m.Tries = time.Now(), 0
-	fresh, err := json.Marshal(m)
-	if err != nil {
-		return false, err
-	}
-	n, err := q.Exec(ctx, reviveScript, []string{q.keys.dead, q.keys.deadIndex, q.keys.messages, q.keys.live, q.keys.stream},
-		[]string{id, string(fresh), ms(m.Received)}).AsInt64()
-	if err != nil {
-		return false, fmt.Errorf("redis: reviving: %w", err)
-	}
-	return n == 1, nil
+	return false, fmt.Errorf("redis: reviving: dead letter %s kept changing", id)
 }
 
 func btoi(b bool) int {

@@ -35,8 +35,9 @@ type Message struct {
 	// its place in the retry schedule.
 	Tries int `json:"tries,omitempty"`
 
-	// entry is the engine's handle on a message taken (redis: its stream
-	// entry), for settling it.
+	// entry is the engine's handle on this take of the message, for
+	// settling it (file: its lease key; redis: its stream entry and
+	// delivery count).
 	entry string
 }
 
@@ -104,13 +105,17 @@ type Store interface {
 	// of the Take that would take the message over (redis: XAUTOCLAIM's
 	// idle time); the queue takes with one lease throughout.
 	Take(ctx context.Context, lease time.Duration) (*Message, error)
-	// Complete removes a message taken: the app has it.
+	// Complete removes a message taken: the app has it, even if the
+	// take's lease ended meanwhile.
 	Complete(ctx context.Context, m *Message, a Attempt) error
 	// Reschedule records a failed attempt (counting it in Tries) and
-	// makes the message due at next.
+	// makes the message due at next. A take whose lease ended (the
+	// message was taken again, or is due again) changes nothing: the
+	// message is another take's now.
 	Reschedule(ctx context.Context, m *Message, a Attempt, next time.Time) error
 	// Bury records the last failed attempt (counting it in Tries) and
-	// keeps the message as a dead letter.
+	// keeps the message as a dead letter; like Reschedule, only while the
+	// take holds its lease.
 	Bury(ctx context.Context, m *Message, a Attempt) error
 	// Counts counts the messages by state.
 	Counts(ctx context.Context) (Counts, error)

@@ -400,3 +400,66 @@ func TestStoreLateSettle(t *testing.T) {
 		}
 	})
 }
+
+// A worker whose lease ended while its attempt was still running (a slow
+// store, a pause) settles after another took the message over: its late
+// Reschedule or Bury must leave the message to the other take, not make
+// it due again (delivered twice at once, and twice each round after) nor
+// bury it while it is being delivered.
+func TestStoreLateSettleWhileTakenOver(t *testing.T) {
+	for _, settle := range []string{"reschedule", "bury"} {
+		t.Run(settle, func(t *testing.T) {
+			forEachEngine(t, func(t *testing.T, open opener) {
+				ctx := context.Background()
+				q, _ := open(t, 10)
+				if err := q.Enqueue(ctx, message("wh_taken_over")); err != nil {
+					t.Fatal(err)
+				}
+				const short = 100 * time.Millisecond
+				late := take(t, q, short)
+				time.Sleep(short + 50*time.Millisecond)
+				// The file engine judges a lease by the take that holds it,
+				// redis by the take that would take the message over (see
+				// Store.Take): either way the other take's is live below.
+				otherLease, liveLease := time.Hour, time.Hour
+				if _, ok := q.(*Redis); ok {
+					otherLease = short
+				}
+				other := take(t, q, otherLease)
+				if late == nil || other == nil || other.ID != late.ID {
+					t.Fatalf("taken %+v, then over %+v", late, other)
+				}
+				failed := Attempt{At: time.Now(), Error: "timeout"}
+				var err error
+				if settle == "bury" {
+					err = q.Bury(ctx, late, failed)
+				} else {
+					err = q.Reschedule(ctx, late, failed, time.Now())
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				if m := take(t, q, liveLease); m != nil {
+					t.Fatalf("%s taken again while another take holds it", m.ID)
+				}
+				if c := counts(t, q); c != (Counts{InFlight: 1}) {
+					t.Fatalf("after the late %s: %+v, want it in flight only", settle, c)
+				}
+				// The other take settles as usual, once.
+				if err := q.Reschedule(ctx, other, failed, time.Now()); err != nil {
+					t.Fatal(err)
+				}
+				if c := counts(t, q); c != (Counts{Pending: 1}) {
+					t.Fatalf("after the other take's reschedule: %+v, want it pending once", c)
+				}
+				again := take(t, q, liveLease)
+				if again == nil || again.Tries != 1 {
+					t.Fatalf("taken again: %+v, want it with the other take's one recorded try", again)
+				}
+				if m := take(t, q, liveLease); m != nil {
+					t.Fatalf("%s due twice", m.ID)
+				}
+			})
+		})
+	}
+}
