@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/webhookgate/caddy-openai-webhook/internal/redact"
 	"github.com/webhookgate/caddy-openai-webhook/queue"
 )
 
@@ -64,7 +65,7 @@ func (AdminAPI) list(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return caddy.APIError{HTTPStatus: http.StatusBadGateway, Err: fmt.Errorf("%s: %w", q.store.Name(), err)}
 		}
-		list = append(list, queueStatus{Name: q.store.Name(), To: q.target.Redacted(), Counts: c})
+		list = append(list, queueStatus{Name: q.store.Name(), To: redact.URL(q.target), Counts: c})
 	}
 	return writeJSON(w, list)
 }

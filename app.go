@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/webhookgate/caddy-openai-webhook/internal/redact"
 )
 
 func init() {
@@ -45,7 +46,7 @@ func (a *App) add(q *Queue) error {
 		}
 		if !bytes.Equal(q.settings(), other.settings()) {
 			return fmt.Errorf("store: %s is also the store of another handler, with other queue settings (to %s): give each endpoint a store of its own (another path or key_prefix)",
-				q.store.Name(), other.target.Redacted())
+				q.store.Name(), redact.URL(other.target))
 		}
 	}
 	a.queues = append(a.queues, q)
@@ -78,12 +79,17 @@ func (a *App) Start() error {
 }
 
 // Stop stops the workers and waits for them, each after the attempt it is
-// making, so that what they settle is settled before the store closes.
+// making, so that what they settle is settled before the store closes;
+// then it closes their idle connections to the app, which the next
+// config's workers do not use.
 func (a *App) Stop() error {
 	if a.cancel != nil {
 		a.cancel()
 	}
 	a.workers.Wait()
+	for _, q := range a.queues {
+		q.client.CloseIdleConnections()
+	}
 	return nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"net/textproto"
 	"net/url"
 	"slices"
 	"strconv"
@@ -200,14 +201,20 @@ func (q *Queue) cleanup() {
 }
 
 // hopHeaders are not the app's: they describe the connection the delivery
-// came on, or its framing, which the worker makes anew.
-var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Te", "Trailer", "Transfer-Encoding",
-	"Upgrade", "Content-Length", "Expect", "Host"}
+// came on, or its framing, which the worker makes anew; so do the headers
+// that Connection names (RFC 9110, 7.6.1). reverse_proxy drops the same.
+var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection",
+	"Te", "Trailer", "Transfer-Encoding", "Upgrade", "Content-Length", "Expect", "Host"}
 
 // enqueue stores a verified delivery and answers its sender: 200 once it is
 // stored, 503 when it cannot be. It reports whether it stored it.
 func (q *Queue) enqueue(w http.ResponseWriter, r *http.Request, h *Handler, body *bufferedBody, d delivery) (bool, error) {
 	m := &queue.Message{WebhookID: d.hdr.ID, Header: r.Header.Clone()}
+	for _, v := range m.Header["Connection"] {
+		for name := range strings.SplitSeq(v, ",") {
+			m.Header.Del(textproto.TrimString(name))
+		}
+	}
 	for _, name := range hopHeaders {
 		m.Header.Del(name)
 	}

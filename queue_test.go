@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -109,6 +111,10 @@ func TestQueueAnswersFirst(t *testing.T) {
 	body := []byte(`{"object":"event","id":"evt_q","type":"batch.completed","data":{"id":"batch_q"}}`)
 	r := signedRequest(t, "wh_queued", body, time.Now())
 	r.Header.Set("Content-Type", "application/json")
+	// Headers of the sender's connection are not the app's.
+	r.Header.Set("Connection", "keep-alive, X-Hop")
+	r.Header.Set("X-Hop", "this connection's")
+	r.Header.Set("Proxy-Authorization", "Basic cHJveHk6cHc=")
 	sig := r.Header.Get("webhook-signature")
 	next := &app{status: 200}
 	if status := deliverRequest(t, h, r, next); status != http.StatusOK || next.calls != 0 {
@@ -119,7 +125,8 @@ func TestQueueAnswersFirst(t *testing.T) {
 	got, bodies := backend.requests()
 	for i, req := range got {
 		if string(bodies[i]) != string(body) || req.Header.Get("Webhook-Signature") != sig || req.Header.Get("Webhook-Id") != "wh_queued" ||
-			req.Header.Get("Content-Type") != "application/json" || req.Header.Get(attemptHeader) != fmt.Sprint(i+1) {
+			req.Header.Get("Content-Type") != "application/json" || req.Header.Get(attemptHeader) != fmt.Sprint(i+1) ||
+			req.Header.Get("X-Hop") != "" || req.Header.Get("Proxy-Authorization") != "" {
 			t.Errorf("attempt %d: %s %q, headers %v", i+1, req.Method, bodies[i], req.Header)
 		}
 	}
@@ -152,10 +159,11 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 // TestQueueDeadLetters: after the schedule, a message is a dead letter,
 // listed through the admin API without its body; retried by hand, it is
-// delivered; dropped, it is gone.
+// delivered; dropped, it is gone. The listing shows to without the token
+// its query holds.
 func TestQueueDeadLetters(t *testing.T) {
 	backend, to := newQueueApp(t, 500, 500, 500, 500, 500, 500)
-	h := queueHandler(t, to, Queue{})
+	h := queueHandler(t, to+"?token=tok-5e7a", Queue{})
 	for _, id := range []string{"wh_dead_1", "wh_dead_2"} {
 		if status := deliverRequest(t, h, signedRequest(t, id, []byte(`{"type":"x"}`), time.Now()), &app{}); status != http.StatusOK {
 			t.Fatalf("%s: %d", id, status)
@@ -181,7 +189,8 @@ func TestQueueDeadLetters(t *testing.T) {
 	}
 	name := h.Queue.store.Name()
 	status, list := call(http.MethodGet, "/openai-webhook/queues", api.list)
-	if status != 200 || !strings.Contains(list, `"dead":2`) || !strings.Contains(list, name) {
+	if status != 200 || !strings.Contains(list, `"dead":2`) || !strings.Contains(list, name) ||
+		!strings.Contains(list, `/hooks/openai?xxxxx"`) || strings.Contains(list, "tok-5e7a") {
 		t.Fatalf("the queues: %d %s", status, list)
 	}
 	status, dead := call(http.MethodGet, "/openai-webhook/queues/dead?queue="+name, api.dead)
@@ -301,12 +310,14 @@ func TestQueueStoreSharedInAConfig(t *testing.T) {
 	ctx, cancel := caddy.NewContext(config)
 	defer cancel()
 	store := json.RawMessage(fmt.Sprintf(`{"backend":"file","path":%q}`, filepath.Join(t.TempDir(), "queue")))
+	// The error names the other handler's to, which may carry a token.
+	t.Setenv("APP_URL", "http://tok-5e7a@127.0.0.1:8000/hooks?token=tok-5e7a")
 	for _, tc := range []struct {
 		to      string
 		wantErr bool
 	}{
-		{"http://127.0.0.1:8000/hooks", false},
-		{"http://127.0.0.1:8000/hooks", false}, // the same queue, from another site
+		{"{env.APP_URL}", false},
+		{"http://tok-5e7a@127.0.0.1:8000/hooks?token=tok-5e7a", false}, // the same queue, from another site
 		{"http://127.0.0.1:9000/other", true},
 	} {
 		h := &Handler{Secrets: []string{webhooktest.Secret}, Queue: &Queue{To: tc.to, StoreRaw: store}}
@@ -314,6 +325,9 @@ func TestQueueStoreSharedInAConfig(t *testing.T) {
 		defer h.Cleanup()
 		if (err != nil) != tc.wantErr || (err != nil && !strings.Contains(err.Error(), "give each endpoint a store of its own")) {
 			t.Fatalf("to %s: %v, want an error: %v", tc.to, err, tc.wantErr)
+		}
+		if err != nil && strings.Contains(err.Error(), "tok-5e7a") {
+			t.Fatalf("the load error shows the token in to: %v", err)
 		}
 	}
 }
@@ -346,6 +360,38 @@ func TestQueueStopSettlesFirst(t *testing.T) {
 	if c, err := h.Queue.store.Counts(context.Background()); err != nil || c != (queue.Counts{}) {
 		t.Fatalf("once stopped: %+v, %v; want the delivery settled", c, err)
 	}
+}
+
+// TestQueueStopClosesConnections: the connections a stopped config's
+// workers kept to the app are closed, not left to each reload.
+func TestQueueStopClosesConnections(t *testing.T) {
+	var opened, closed atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	srv.Config.ConnState = func(_ net.Conn, state http.ConnState) {
+		switch state {
+		case http.StateNew:
+			opened.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			closed.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	h := queueHandler(t, srv.URL, Queue{})
+	if status := deliverRequest(t, h, signedRequest(t, "wh_conn", []byte(`{}`), time.Now()), &app{}); status != http.StatusOK {
+		t.Fatalf("queued: %d", status)
+	}
+	waitFor(t, "the delivery", func() bool {
+		c, err := h.Queue.store.Counts(context.Background())
+		return err == nil && c == (queue.Counts{})
+	})
+	if opened.Load() == 0 || closed.Load() != 0 {
+		t.Fatalf("before stopping: %d connections opened, %d closed; want one kept", opened.Load(), closed.Load())
+	}
+	if err := h.Queue.app.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the app to see its connections closed", func() bool { return closed.Load() == opened.Load() })
 }
 
 // TestQueueStartFails: a store that cannot be opened fails the config when

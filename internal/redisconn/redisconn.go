@@ -25,6 +25,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/webhookgate/caddy-openai-webhook/internal/cfparse"
+	"github.com/webhookgate/caddy-openai-webhook/internal/redact"
 )
 
 // Config is a connection to a Redis server (or Valkey). Standalone Redis:
@@ -218,7 +219,7 @@ func (c *Config) clientOption() (opt rueidis.ClientOption, caPEM []byte, err err
 			return opt, nil, fmt.Errorf("address: scheme %q is neither redis nor rediss", u.Scheme)
 		}
 		if opt, err = rueidis.ParseURL(c.Address); err != nil {
-			return opt, nil, fmt.Errorf("address: not a valid Redis URL (%s)", redactedURL(u))
+			return opt, nil, fmt.Errorf("address: not a valid Redis URL (%s)", redact.URL(u))
 		}
 	} else {
 		if _, _, err := net.SplitHostPort(c.Address); err != nil {
@@ -268,14 +269,6 @@ func (c *Config) clientOption() (opt rueidis.ClientOption, caPEM []byte, err err
 	opt.MaxFlushDelay = flushDelay
 	opt.DisableCache = true
 	return opt, caPEM, nil
-}
-
-// redactedURL is u without its password.
-func redactedURL(u *url.URL) string {
-	if _, ok := u.User.Password(); ok {
-		return u.Redacted()
-	}
-	return u.String()
 }
 
 // clients keeps one client per connection configuration, across config
