@@ -11,13 +11,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The ports are one byte each of a lock file shared by every test process of
-// the machine. A process's record locks go when it exits, however it exits,
-// so a crashed test run leaves nothing held. The file stays open for the
-// process's life: closing any descriptor of it would drop all of the
-// process's locks on it.
+// The ports are one byte each of a lock file shared by the user's test
+// processes (one per user: another's file in a shared temporary directory
+// could not be opened for writing). A process's record locks go when it
+// exits, however it exits, so a crashed test run leaves nothing held. The
+// file stays open for the process's life: closing any descriptor of it
+// would drop all of the process's locks on it.
 var lockFile = sync.OnceValues(func() (*os.File, error) {
-	return os.OpenFile(filepath.Join(os.TempDir(), "caddy-openai-webhook-ports.lock"), os.O_RDWR|os.O_CREATE, 0o666)
+	name := fmt.Sprintf("caddy-openai-webhook-ports-%d.lock", os.Getuid())
+	return os.OpenFile(filepath.Join(os.TempDir(), name), os.O_RDWR|os.O_CREATE, 0o600)
 })
 
 // lock takes port's byte for this process, reporting false if another
