@@ -35,8 +35,8 @@ func init() {
 // What is stored is only as durable as Redis makes it: an acknowledged
 // delivery survives a crash of Redis only with appendonly yes and
 // appendfsync always, and survives memory pressure only with
-// maxmemory-policy noeviction. The store checks these when it is
-// provisioned and warns when they differ. Standalone Redis only: the
+// maxmemory-policy noeviction. The store checks these when Caddy starts
+// the config and warns when they differ. Standalone Redis only: the
 // scripts touch several keys, which a cluster would split.
 type Redis struct {
 	redisconn.Config

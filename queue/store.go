@@ -103,7 +103,8 @@ type Store interface {
 	// it becomes due again unless settled: the worker died), or nil when
 	// none is due. An engine may judge whether a lease ended by the lease
 	// of the Take that would take the message over (redis: XAUTOCLAIM's
-	// idle time); the queue takes with one lease throughout.
+	// idle time): the workers of one queue take with one lease, but a
+	// reload or a fleet with another timeout does not (docs/queue.md).
 	Take(ctx context.Context, lease time.Duration) (*Message, error)
 	// Complete removes a message taken: the app has it, even if the
 	// take's lease ended meanwhile.
