@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -91,10 +92,39 @@ func (AdminAPI) dead(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return caddy.APIError{HTTPStatus: http.StatusBadGateway, Err: err}
 	}
-	if dead == nil {
-		dead = []queue.Message{}
+	shown := make([]deadLetter, 0, len(dead))
+	for _, m := range dead {
+		shown = append(shown, newDeadLetter(m))
 	}
-	return writeJSON(w, map[string]any{"queue": q.store.Name(), "dead": dead})
+	return writeJSON(w, map[string]any{"queue": q.store.Name(), "dead": shown})
+}
+
+// deadLetter is a dead letter as the API shows it: its ids, when it was
+// received, its attempts, and how many since it was stored or retried by
+// hand; never its body or a header.
+type deadLetter struct {
+	ID        string    `json:"id"`
+	WebhookID string    `json:"webhook_id"`
+	Received  time.Time `json:"received"`
+	Attempts  []attempt `json:"attempts"`
+	Tries     int       `json:"tries"`
+}
+
+// attempt is an attempt as the API shows it, its duration as Go prints
+// durations ("1.825826ms").
+type attempt struct {
+	At       time.Time `json:"at"`
+	Duration string    `json:"duration"`
+	Status   int       `json:"status,omitempty"`
+	Error    string    `json:"error,omitempty"`
+}
+
+func newDeadLetter(m queue.Message) deadLetter {
+	d := deadLetter{ID: m.ID, WebhookID: m.WebhookID, Received: m.Received, Attempts: []attempt{}, Tries: m.Tries}
+	for _, a := range m.Attempts {
+		d.Attempts = append(d.Attempts, attempt{At: a.At, Duration: a.Duration.String(), Status: a.Status, Error: a.Error})
+	}
+	return d
 }
 
 func (AdminAPI) retry(w http.ResponseWriter, r *http.Request) error {

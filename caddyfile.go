@@ -127,22 +127,14 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // unmarshalReplayStore reads `replay_store <module> [{...}]` into the
 // handler's replay_store, the module parsing its own block.
 func (h *Handler) unmarshalReplayStore(d *caddyfile.Dispenser) error {
-	if !d.NextArg() {
-		return d.Err("replay_store: the store's name (memory, redis, ...) is missing")
-	}
 	if h.ReplayStoreRaw != nil {
 		return d.Err("replay_store: given twice")
 	}
-	name := d.Val()
-	store, err := caddyfile.UnmarshalModule(d, "http.handlers.openai_webhook.replay_stores."+name)
+	raw, err := cfparse.Guest(d, "http.handlers.openai_webhook.replay_stores", "backend")
 	if err != nil {
-		return err
+		return d.Errf("replay_store: %v", err)
 	}
-	var warnings []caddyconfig.Warning
-	h.ReplayStoreRaw = caddyconfig.JSONModuleObject(store, "backend", name, &warnings)
-	if len(warnings) > 0 {
-		return d.Errf("replay_store: %s", warnings[0].Message)
-	}
+	h.ReplayStoreRaw = raw
 	return nil
 }
 
@@ -158,22 +150,10 @@ func (q *Queue) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "to":
 			q.To, err = cfparse.One(d)
 		case "store":
-			if !d.NextArg() {
-				return d.Err("queue: store: the engine's name (file, redis) is missing")
-			}
 			if q.StoreRaw != nil {
 				return d.Err("queue: store: given twice")
 			}
-			engine := d.Val()
-			store, err := caddyfile.UnmarshalModule(d, "http.handlers.openai_webhook.queue_stores."+engine)
-			if err != nil {
-				return err
-			}
-			var warnings []caddyconfig.Warning
-			q.StoreRaw = caddyconfig.JSONModuleObject(store, "backend", engine, &warnings)
-			if len(warnings) > 0 {
-				return d.Errf("queue: store: %s", warnings[0].Message)
-			}
+			q.StoreRaw, err = cfparse.Guest(d, "http.handlers.openai_webhook.queue_stores", "backend")
 		case "retry":
 			delays := d.RemainingArgs()
 			if len(delays) == 0 {

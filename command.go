@@ -13,6 +13,8 @@ import (
 	"net/textproto"
 	"net/url"
 	"os"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -27,16 +29,10 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "openai-webhook",
-		Usage: "<demo|secret|sign|send|verify|queue> [flags]",
+		Usage: "<command> [flags]",
 		Short: "Try, sign, send and judge OpenAI webhook deliveries",
-		Long: `Tools for the openai_webhook handler:
-
-  demo     run a local gateway in front of a stand-in app
-  secret   print a new signing secret
-  sign     print the signature headers for a body
-  send     send a signed test event, as OpenAI's "Send test event" does
-  verify   judge a captured delivery offline, and say why it was refused
-  queue    show a running Caddy's queues, list, retry or drop dead letters
+		Long: `Tools for the openai_webhook handler: try it, sign and send test deliveries,
+judge a captured one offline, and look after a running Caddy's queues.
 
 Commands that sign or verify take the secret from --secret or, better (it
 stays out of shell history), from OPENAI_WEBHOOK_SECRET. No command prints
@@ -45,9 +41,60 @@ a secret it was given.`,
 	})
 }
 
-// addCommands adds the subcommands of `caddy openai-webhook` to cmd.
+// addCommands adds the subcommands of `caddy openai-webhook` to cmd. Given
+// no subcommand, or one it does not know, cmd fails naming the choices
+// (cobra would print the help and exit 0).
 func addCommands(cmd *cobra.Command) {
 	cmd.AddCommand(demoCommand(), secretCommand(), signCommand(), sendCommand(), verifyCommand(), queueCommand())
+	cmd.SuggestionsMinimumDistance = 2
+	cmd.Args = func(cmd *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return nil
+		}
+		return unknownChoice(cmd, "a command", args[0], subcommandNames(cmd))
+	}
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		return fmt.Errorf("%s needs a command: %s (--help says what each does)", cmd.CommandPath(), strings.Join(subcommandNames(cmd), ", "))
+	}
+}
+
+// subcommandNames lists cmd's subcommands, as --help does.
+func subcommandNames(cmd *cobra.Command) []string {
+	var names []string
+	for _, c := range cmd.Commands() {
+		// cobra adds completion to a root command: not one of ours.
+		if c.IsAvailableCommand() && c.Name() != "completion" {
+			names = append(names, c.Name())
+		}
+	}
+	return names
+}
+
+// unknownChoice is the error for an argument that is none of choices: it
+// quotes the argument only when it looks like a mistyped word, since a
+// misplaced argument can be a secret.
+func unknownChoice(cmd *cobra.Command, what, arg string, choices []string) error {
+	shown := "an argument"
+	if commandWord.MatchString(arg) {
+		shown = strconv.Quote(arg)
+	}
+	msg := fmt.Sprintf("%s: %s is not %s; one of %s", cmd.CommandPath(), shown, what, strings.Join(choices, ", "))
+	if suggestions := cmd.SuggestionsFor(arg); len(suggestions) > 0 && shown != "an argument" {
+		msg += "; did you mean " + strings.Join(suggestions, " or ") + "?"
+	}
+	return errors.New(msg)
+}
+
+// commandWord is what a mistyped command or action looks like.
+var commandWord = regexp.MustCompile(`^[a-z][a-z-]{0,19}$`)
+
+// noArgs refuses arguments to a command that takes none, without quoting
+// them (a misplaced argument can be a secret).
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return fmt.Errorf("%s takes no arguments, but was given %d; its input comes from flags (--help lists them)", cmd.CommandPath(), len(args))
+	}
+	return nil
 }
 
 // secretEnv names the environment variable commands read the secret from.
@@ -160,7 +207,7 @@ func secretCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "secret",
 		Short: "Print a new signing secret: whsec_ and 32 random bytes in base64",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			key := make([]byte, 32)
 			_, _ = rand.Read(key)
@@ -176,7 +223,7 @@ func signCommand() *cobra.Command {
 		Short: "Print the webhook-id, webhook-timestamp and webhook-signature headers for a body",
 		Long: `Reads the body from --file or standard input and prints the three headers that
 sign it, one per line, as an HTTP header block.`,
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			key, err := oneKey(cmd)
 			if err != nil {
@@ -211,9 +258,10 @@ line is an error) and the body from --file or standard input, and judges the
 delivery with the handler's verifier, against the current time. Prints the
 verdict and its precise reason: which header is malformed, how stale the
 timestamp is and in which direction, or that no signature entry matches any
-secret given; for a valid delivery, which of the secrets (in the order given)
-signed it. Exits 0 only for a valid delivery.`,
-		Args: cobra.NoArgs,
+secret given; for a valid delivery, which of the secrets signed it, by its
+index in the order given, from 0 (the secret label of the verified_total
+metric counts alike). Exits 0 only for a valid delivery.`,
+		Args: noArgs,
 		RunE: runVerify,
 	}
 	secretFlag(cmd, "a secret the delivery may be signed with; repeat for several")
@@ -266,8 +314,10 @@ func runVerify(cmd *cobra.Command, _ []string) error {
 		return errRefused
 	}
 	sent, _ := verifier.ParseTimestamp(headers.Timestamp)
-	_, err = fmt.Fprintf(out, "valid: webhook-id %s, signed %s (tolerance %s) with secret %d of %d, %d bytes of body\n",
-		headers.ID, age(now.Unix()-sent), tolerance, key+1, len(keys), len(body))
+	// The secret's index counts from 0, as the secret label of
+	// verified_total and secrets[i] in the config's errors do.
+	_, err = fmt.Fprintf(out, "valid: webhook-id %s, signed %s (tolerance %s) with secret %d (of %d given, counting from 0), %d bytes of body\n",
+		headers.ID, age(now.Unix()-sent), tolerance, key, len(keys), len(body))
 	return err
 }
 
@@ -337,7 +387,7 @@ func queueCommand() *cobra.Command {
   drop     drop the dead letter --id
 
 --queue names the queue (as status lists it) when several run.`,
-		Args:      cobra.ExactArgs(1),
+		Args:      oneAction,
 		ValidArgs: []string{"status", "dead", "retry", "drop"},
 		RunE:      runQueue,
 	}
@@ -348,6 +398,19 @@ func queueCommand() *cobra.Command {
 	cmd.Flags().String("id", "", "the dead letter (retry: all when empty)")
 	cmd.Flags().Int("limit", 100, "dead: the most dead letters listed")
 	return cmd
+}
+
+// oneAction accepts one of the command's ValidArgs.
+func oneAction(cmd *cobra.Command, args []string) error {
+	switch {
+	case len(args) == 0:
+		return fmt.Errorf("%s needs an action: %s", cmd.CommandPath(), strings.Join(cmd.ValidArgs, ", "))
+	case !slices.Contains(cmd.ValidArgs, args[0]):
+		return unknownChoice(cmd, "an action", args[0], cmd.ValidArgs)
+	case len(args) > 1:
+		return fmt.Errorf("%s takes one action, but was given %d arguments", cmd.CommandPath(), len(args))
+	}
+	return nil
 }
 
 func runQueue(cmd *cobra.Command, args []string) error {
@@ -389,7 +452,7 @@ func runQueue(cmd *cobra.Command, args []string) error {
 	}
 	resp, err := caddycmd.AdminAPIRequest(address, method, path, nil, nil)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: is Caddy running, with its admin endpoint at %s? (--address, --config or $CADDY_ADMIN say where it is)", err, address)
 	}
 	defer resp.Body.Close()
 	answer, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))

@@ -22,6 +22,7 @@ import (
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 
 	"github.com/webhookgate/caddy-openai-webhook/internal/demo"
+	"github.com/webhookgate/caddy-openai-webhook/internal/freeport"
 	"github.com/webhookgate/caddy-openai-webhook/internal/verifier"
 	"github.com/webhookgate/caddy-openai-webhook/internal/webhooktest"
 )
@@ -143,7 +144,15 @@ func TestCommandErrors(t *testing.T) {
 		{[]string{"sign", "--secret", webhooktest.Secret, "--id", "wh.dot"}, "--id: invalid webhook-id"},
 		{[]string{"sign", "--secret", webhooktest.Secret, "--timestamp", "017"}, "--timestamp: invalid webhook-timestamp"},
 		{[]string{"sign", "--secret", webhooktest.Secret, "--file", filepath.Join(dir, "absent")}, "--file"},
-		{[]string{"sign", "--secret", webhooktest.Secret, "body.json"}, "unknown command"},
+		{[]string{"sign", "--secret", webhooktest.Secret, "body.json"}, "openai-webhook sign takes no arguments, but was given 1"},
+		{[]string{"secret", "foo"}, "openai-webhook secret takes no arguments, but was given 1"},
+		{[]string{"sned"}, `openai-webhook: "sned" is not a command; one of demo, queue, secret, send, sign, verify; did you mean send?`},
+		{[]string{webhooktest.Secret}, "openai-webhook: an argument is not a command"},
+		{[]string{}, "openai-webhook needs a command: demo, queue, secret, send, sign, verify"},
+		{[]string{"queue"}, "openai-webhook queue needs an action: status, dead, retry, drop"},
+		{[]string{"queue", "stats"}, `openai-webhook queue: "stats" is not an action; one of status, dead, retry, drop`},
+		{[]string{"queue", "status", "extra"}, "openai-webhook queue takes one action, but was given 2 arguments"},
+		{[]string{"send", "--secret", webhooktest.Secret, "--url", "http://127.0.0.1:1/", "--file", headers, "--type", "batch.completed"}, "--type and --file: give one or the other"},
 		{[]string{"send", "--secret", webhooktest.Secret}, "--url: an http:// or https:// URL is required"},
 		{[]string{"send", "--secret", webhooktest.Secret, "--url", "ftp://x/"}, "--url"},
 		{[]string{"send", "--secret", webhooktest.Secret, "--url", "http://127.0.0.1:1/", "--insecure", "--ca", headers}, "--insecure and --ca"},
@@ -197,7 +206,7 @@ func TestVerifyCommand(t *testing.T) {
 	}{
 		{"as sign prints them", signed("wh_v1", now, body), body, nil, true, "valid: webhook-id wh_v1"},
 		{"a curl -D dump", "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + strings.ReplaceAll(signed("wh_v2", now, body), "\n", "\r\n") + "\r\n", body, nil, true, "valid"},
-		{"while rotating, the second secret", signed("wh_v3", now, body), body, []string{other, webhooktest.Secret}, true, "with secret 2 of 2,"},
+		{"while rotating, the second secret", signed("wh_v3", now, body), body, []string{other, webhooktest.Secret}, true, "with secret 1 (of 2 given, counting from 0),"},
 		{"stale", signed("wh_v4", now.Add(-10*time.Minute), body), body, nil, false, "refused: 401 stale: webhook-timestamp " + strconv.FormatInt(now.Add(-10*time.Minute).Unix(), 10) + " is 600 seconds in the past, beyond the tolerance of 5m0s"},
 		{"from the future", signed("wh_v5", now.Add(7*time.Minute), body), body, nil, false, "is 420 seconds in the future, beyond the tolerance of 5m0s"},
 		{"another secret", signed("wh_v6", now, body), body, []string{other}, false, "refused: 401 bad_signature: no webhook-signature entry matches the body under the 1 secret(s) given"},
@@ -318,19 +327,31 @@ func TestSendCommand(t *testing.T) {
 	}
 }
 
+// demoPorts are the ports of demo.Addresses.
+func demoPorts(t *testing.T) []int {
+	t.Helper()
+	var ports []int
+	for _, addr := range demo.Addresses {
+		_, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, _ := strconv.Atoi(port)
+		ports = append(ports, n)
+	}
+	return ports
+}
+
 // TestDemo starts the embedded demo, as `caddy openai-webhook demo` does,
 // and sends it a test event with send, and one unsigned delivery.
 func TestDemo(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts Caddy on the demo's ports: not in -short mode")
 	}
-	// The README has newcomers start the demo, then run the tests.
-	for _, addr := range []string{"127.0.0.1:8080", "127.0.0.1:8081", "localhost:2019"} {
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			t.Skipf("%s is in use, probably by the running demo: stop it to run this test", addr)
-		}
-		ln.Close()
+	// The README has newcomers start the demo, then run the tests; the
+	// end-to-end tests start it too.
+	if !freeport.Hold(t, demoPorts(t)...) {
+		t.Skipf("one of %v is in use, probably by the running demo: stop it to run this test", demo.Addresses)
 	}
 	t.Setenv(secretEnv, "")
 	root := &cobra.Command{}

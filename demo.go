@@ -2,14 +2,18 @@ package openaiwebhook
 
 import (
 	"fmt"
+	"net"
 	"os"
+	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/spf13/cobra"
 
 	"github.com/webhookgate/caddy-openai-webhook/internal/demo"
+	"github.com/webhookgate/caddy-openai-webhook/internal/portcheck"
 )
 
 func demoCommand() *cobra.Command {
@@ -20,7 +24,7 @@ func demoCommand() *cobra.Command {
 a stand-in app on 127.0.0.1:8081 that answers with what it received, and the
 admin API on localhost:2019. The secret is $OPENAI_WEBHOOK_SECRET or, unset,
 a public demo secret. Ctrl-C stops it.`,
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			caddy.TrapSignals()
 			secret, err := startDemo(cmd)
@@ -47,6 +51,9 @@ func startDemo(cmd *cobra.Command) (secretArg string, err error) {
 		}
 		secretArg = " --secret '" + demo.Secret + "'"
 	}
+	if err := checkDemoAddresses(); err != nil {
+		return "", err
+	}
 	adapted, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt(demo.Caddyfile, map[string]any{"filename": "embedded demo Caddyfile"})
 	if err != nil {
 		return "", err
@@ -57,11 +64,44 @@ func startDemo(cmd *cobra.Command) (secretArg string, err error) {
 	return secretArg, caddy.Load(adapted, true)
 }
 
+// checkDemoAddresses refuses to start the demo where something answers on
+// one of its addresses already. Caddy binds with SO_REUSEPORT, so a second
+// demo, or another Caddy, would share the ports without a word, each
+// getting some of the deliveries.
+func checkDemoAddresses() error {
+	for _, addr := range demo.Addresses {
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			continue
+		}
+		conn.Close()
+		holder := "another process"
+		if holders, _ := portcheck.OtherListeners([]string{addr}); len(holders) > 0 && holders[0].Pid != 0 {
+			holder = fmt.Sprintf("process %d (%s)", holders[0].Pid, holders[0].Command)
+		}
+		return fmt.Errorf("%s, where the demo listens, is already served by %s: is a demo or another Caddy running? Stop it first (Ctrl-C where it runs)", addr, holder)
+	}
+	return nil
+}
+
 // invocation is how the user ran this program, for a command line to copy:
 // `go run ./cmd/caddy` when go run built it.
 func invocation() string {
-	if strings.Contains(os.Args[0], "go-build") {
+	if builtByGoRun(os.Args[0]) {
 		return "go run ./cmd/caddy"
 	}
 	return os.Args[0]
+}
+
+// builtByGoRun reports whether exe is where go run puts what it builds:
+// .../go-build<N>/b001/exe/<name> on a fresh build, or
+// <GOCACHE>/<xx>/<hash>-d/<name> when it runs a cached executable, with
+// GOCACHE anywhere.
+func builtByGoRun(exe string) bool {
+	dir := filepath.Dir(exe)
+	if filepath.Base(dir) == "exe" && strings.HasPrefix(filepath.Base(filepath.Dir(filepath.Dir(dir))), "go-build") {
+		return true
+	}
+	hash, ok := strings.CutSuffix(filepath.Base(dir), "-d")
+	return ok && len(hash) >= 32 && strings.Trim(hash, "0123456789abcdef") == ""
 }

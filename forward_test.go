@@ -210,7 +210,7 @@ func TestReplayWindowOff(t *testing.T) {
 // replaced.
 func reload(t *testing.T, h *Handler) (stop func()) {
 	t.Helper()
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	ctx, cancel := configContext(t)
 	if err := h.Provision(ctx); err != nil {
 		t.Fatalf("provision: %v", err)
 	}

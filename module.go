@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -137,6 +138,7 @@ type Handler struct {
 	replay      replaystore.Store // nil when replay refusal is off
 	storeErrors *lograte.Limiter
 	server      *atomic.Pointer[string] // the name of the server the handler serves, once it served
+	app         *App                    // the config's
 	logger      *zap.Logger
 }
 
@@ -167,6 +169,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
+	app, err := ctx.App(appName)
+	if err != nil {
+		return err
+	}
+	h.app = app.(*App)
 	if h.Tolerance == 0 {
 		h.Tolerance = caddy.Duration(verifier.DefaultTolerance)
 	}
@@ -194,6 +201,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	h.warnWrittenSecrets()
 	h.verifier, err = verifier.New(verifier.Config{Keys: keys, Tolerance: time.Duration(h.Tolerance)})
 	if err != nil {
 		return err
@@ -264,6 +272,23 @@ func expandSecrets(secrets []string) ([][]byte, error) {
 		keys = append(keys, key)
 	}
 	return keys, nil
+}
+
+// warnWrittenSecrets warns of each secret written into the config itself
+// rather than given as a placeholder that Caddy expands at load: Caddy
+// saves the config it runs to disk (autosave.json) and serves it on its
+// admin API. A Caddyfile's {$NAME} counts as written: it is expanded when
+// the Caddyfile is adapted, into the JSON config.
+func (h *Handler) warnWrittenSecrets() {
+	for i, s := range h.Secrets {
+		if strings.ContainsRune(s, '{') {
+			continue // a placeholder: no secret has a brace
+		}
+		h.logger.Warn("a secret is written into the config, which Caddy saves to disk and serves on its admin API (GET /config/); "+
+			"give it as a placeholder expanded at load instead, such as {env.OPENAI_WEBHOOK_SECRET} or {file./run/secrets/openai_webhook} "+
+			"({$OPENAI_WEBHOOK_SECRET} in a Caddyfile is expanded into the config too)",
+			zap.String("field", fmt.Sprintf("secrets[%d]", i)), zap.String("autosave", caddy.ConfigAutosavePath))
+	}
 }
 
 // Cleanup releases the handler's share of its budget and leaves the store

@@ -29,11 +29,7 @@ import (
 // of its own, logging at DEBUG into the returned buffer.
 func provisioned(t testing.TB, h *Handler) (*Handler, *bytes.Buffer) {
 	t.Helper()
-	config, err := caddy.ProvisionContext(new(caddy.Config))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := caddy.NewContext(config)
+	ctx, cancel := configContext(t)
 	t.Cleanup(cancel)
 	if err := h.Provision(ctx); err != nil {
 		t.Fatalf("provision: %v", err)
@@ -321,7 +317,7 @@ func TestProvisionErrors(t *testing.T) {
 		{name: "negative replay_capacity", h: Handler{Secrets: []string{webhooktest.Secret}, ReplayCapacity: -1}, wantErr: "replay_capacity"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+			ctx, cancel := configContext(t)
 			defer cancel()
 			err := tc.h.Provision(ctx)
 			// Caddy cleans up after a failed provisioning too.

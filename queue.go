@@ -162,11 +162,7 @@ func (q *Queue) provision(ctx caddy.Context, h *Handler) error {
 	}
 	q.store = store
 	q.wake = make(chan struct{}, q.Workers)
-	app, err := ctx.App(appName)
-	if err != nil {
-		return fmt.Errorf("queue: %w", err)
-	}
-	q.app = app.(*App)
+	q.app = h.app
 	if err := q.app.add(q); err != nil {
 		return fmt.Errorf("queue: %w", err)
 	}

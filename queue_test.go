@@ -204,9 +204,12 @@ func TestQueueDeadLetters(t *testing.T) {
 		strings.Contains(dead, "body") || strings.Contains(dead, "Webhook-Signature") {
 		t.Fatalf("the dead letters: %d %s", status, dead)
 	}
-	var listed struct{ Dead []queue.Message }
-	if err := json.Unmarshal([]byte(dead), &listed); err != nil || len(listed.Dead) != 2 || len(listed.Dead[0].Attempts) != 3 {
+	var listed struct{ Dead []deadLetter }
+	if err := json.Unmarshal([]byte(dead), &listed); err != nil || len(listed.Dead) != 2 || len(listed.Dead[0].Attempts) != 3 || strings.Contains(dead, `"due"`) {
 		t.Fatalf("the dead letters: %s (%v)", dead, err)
+	}
+	if d, err := time.ParseDuration(listed.Dead[0].Attempts[0].Duration); err != nil || d <= 0 {
+		t.Fatalf("an attempt's duration %q is not a duration: %v", listed.Dead[0].Attempts[0].Duration, err)
 	}
 	if status, _ := call(http.MethodGet, "/openai-webhook/queues/retry", api.retry); status != http.StatusMethodNotAllowed {
 		t.Fatalf("GET retry: %d", status)

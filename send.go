@@ -2,16 +2,19 @@ package openaiwebhook
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -27,7 +30,7 @@ func sendCommand() *cobra.Command {
 status line and body. Without --file, the body is the event OpenAI sends for
 --type: {"object":"event","id":"evt_...","type":...,"created_at":...,
 "data":{...}}, its data shaped for the event's family. Exits 0 only for a 2xx.`,
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: runSend,
 	}
 	cmd.Flags().String("url", "", "where to send it (required)")
@@ -63,6 +66,9 @@ func runSend(cmd *cobra.Command, _ []string) error {
 	now := time.Now()
 	var body []byte
 	if path, _ := cmd.Flags().GetString("file"); path != "" {
+		if cmd.Flags().Changed("type") {
+			return errors.New("--type and --file: give one or the other (the file is sent as it is, whatever its type)")
+		}
 		if body, err = bodyOf(cmd); err != nil {
 			return err
 		}
@@ -126,7 +132,49 @@ func sendClient(cmd *cobra.Command) (*http.Client, error) {
 		}
 		tr.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
 	}
+	dial := tr.DialContext
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return dialStarting(ctx, dial, network, addr, cmd.ErrOrStderr())
+	}
 	return &http.Client{Transport: tr, Timeout: sendTimeout}, nil
+}
+
+// startWait is how long send waits for a gateway on this machine that
+// refuses connections: one just started in the background (demo &) may not
+// listen yet.
+const startWait = 5 * time.Second
+
+// dialStarting dials addr with dial; while a loopback address refuses the
+// connection, it tries again for up to startWait, saying so once on notice.
+func dialStarting(ctx context.Context, dial func(context.Context, string, string) (net.Conn, error), network, addr string, notice io.Writer) (net.Conn, error) {
+	deadline := time.Now().Add(startWait)
+	for announced := false; ; announced = true {
+		conn, err := dial(ctx, network, addr)
+		if err == nil || !errors.Is(err, syscall.ECONNREFUSED) || !isLoopback(addr) || time.Now().After(deadline) {
+			return conn, err
+		}
+		if !announced {
+			fmt.Fprintf(notice, "%s refused the connection: waiting up to %s for the gateway to start\n", addr, startWait)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// isLoopback reports whether addr (host:port) is on this machine.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // sampleEvent returns the event OpenAI would send for typ, created at now,

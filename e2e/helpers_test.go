@@ -604,6 +604,29 @@ func outcomeDelta(before, after map[string]float64) map[string]float64 {
 // exits.
 func start(t *testing.T, cmd *exec.Cmd, name, addr string) (*syncBuffer, <-chan struct{}) {
 	t.Helper()
+	output, exited := launch(t, cmd, name)
+	// Poll until the listener is up: this waits, it asserts nothing.
+	deadline := time.Now().Add(waitBound)
+	for {
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			conn.Close()
+			return output, exited
+		}
+		select {
+		case <-exited:
+			t.Fatalf("%s exited before listening on %s: %v\n%s", name, addr, cmd.ProcessState, output)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not listening on %s after %s\n%s", name, addr, waitBound, output)
+		}
+	}
+}
+
+// launch starts cmd as start does, without waiting for anything.
+func launch(t *testing.T, cmd *exec.Cmd, name string) (*syncBuffer, <-chan struct{}) {
+	t.Helper()
 	output := new(syncBuffer)
 	cmd.Stdout, cmd.Stderr = output, output
 	cmd.WaitDelay = 5 * time.Second
@@ -631,24 +654,7 @@ func start(t *testing.T, cmd *exec.Cmd, name, addr string) (*syncBuffer, <-chan 
 			t.Logf("%s output:\n%s", name, output)
 		}
 	})
-
-	// Poll until the listener is up: this waits, it asserts nothing.
-	deadline := time.Now().Add(waitBound)
-	for {
-		conn, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			conn.Close()
-			return output, exited
-		}
-		select {
-		case <-exited:
-			t.Fatalf("%s exited before listening on %s: %v\n%s", name, addr, cmd.ProcessState, output)
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s not listening on %s after %s\n%s", name, addr, waitBound, output)
-		}
-	}
+	return output, exited
 }
 
 // waitFor polls cond until it holds. It waits for a state the test needs;

@@ -6,7 +6,9 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -16,6 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	bolt "go.etcd.io/bbolt"
+	"go.uber.org/zap"
 )
 
 func init() {
@@ -66,8 +69,9 @@ type fileDB struct {
 	opened atomic.Pointer[bolt.DB]
 	mu     sync.Mutex // opening
 	// live counts the messages not dead, for max_pending.
-	live atomic.Int64
-	seq  atomic.Uint64
+	live   atomic.Int64
+	seq    atomic.Uint64
+	logger *zap.Logger
 }
 
 func (f *fileDB) Destruct() error {
@@ -105,7 +109,7 @@ func (q *File) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("path: %w", err)
 	}
 	q.Path = path
-	shared, _, err := files.LoadOrNew(path, func() (caddy.Destructor, error) { return &fileDB{path: path}, nil })
+	shared, _, err := files.LoadOrNew(path, func() (caddy.Destructor, error) { return &fileDB{path: path, logger: ctx.Logger()}, nil })
 	if err != nil {
 		return fmt.Errorf("path: %w", err)
 	}
@@ -131,8 +135,13 @@ func (q *File) Cleanup() error {
 // open opens the file and makes what a dead process had in flight due
 // again.
 func (f *fileDB) open() (*bolt.DB, error) {
-	if err := os.MkdirAll(filepath.Dir(f.path), 0o700); err != nil {
-		return nil, err
+	dir := filepath.Dir(f.path)
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		// Only Caddy's user may read the deliveries it holds.
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, err
+		}
+		f.logger.Info("created the queue file's directory, readable by this user only", zap.String("directory", dir), zap.String("mode", "0700"))
 	}
 	db, err := bolt.Open(f.path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
 	if err != nil {

@@ -16,3 +16,7 @@ const Secret = "whsec_RdvaYFYUXuIFuEbvZHwMfYFhUf7aMYjYcmM24+Aj40c="
 
 // Gateway is the URL deliveries are sent to.
 const Gateway = "http://127.0.0.1:8080/"
+
+// Addresses are where the demo listens: the gateway, the stand-in app and
+// the admin endpoint, as Caddyfile sets them.
+var Addresses = []string{"127.0.0.1:8080", "127.0.0.1:8081", "localhost:2019"}

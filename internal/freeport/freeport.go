@@ -20,6 +20,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // lowest is the first port handed out: above the well-known ports and the
@@ -42,35 +43,74 @@ func Get(t testing.TB) int {
 	if highest <= lowest {
 		t.Fatalf("freeport: the kernel's ephemeral range starts at %d, leaving no ports below it", highest+1)
 	}
-	mu.Lock()
-	defer mu.Unlock()
 	for range attempts {
 		port := lowest + rand.IntN(highest-lowest+1)
-		if inUse[port] {
-			continue
-		}
-		locked, err := lock(port)
-		if err != nil {
-			t.Fatalf("freeport: %v", err)
-		}
-		if !locked {
-			continue // another test process holds it
+		if !reserve(t, port) {
+			continue // another test holds it
 		}
 		if !free(port) {
-			unlock(port)
+			release(port)
 			continue
 		}
-		inUse[port] = true
-		t.Cleanup(func() {
-			mu.Lock()
-			defer mu.Unlock()
-			delete(inUse, port)
-			unlock(port)
-		})
+		t.Cleanup(func() { release(port) })
 		return port
 	}
 	t.Fatalf("freeport: no free port in %d-%d after %d tries", lowest, highest, attempts)
 	return 0
+}
+
+// holdWait bounds how long Hold waits for other tests to give the ports up.
+const holdWait = 5 * time.Minute
+
+// Hold reserves fixed ports that a test needs because what it runs listens
+// on them (the demo's), waiting while a test of this or another process
+// holds any of them, and reports whether they can all be bound on
+// 127.0.0.1 now: not when something other than a test holds one (a demo
+// the user left running). They stay reserved until t ends.
+func Hold(t testing.TB, ports ...int) bool {
+	t.Helper()
+	deadline := time.Now().Add(holdWait)
+	for _, port := range ports {
+		for !reserve(t, port) {
+			if time.Now().After(deadline) {
+				t.Fatalf("freeport: port %d still held by another test after %s", port, holdWait)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Cleanup(func() { release(port) })
+	}
+	for _, port := range ports {
+		if !free(port) {
+			return false
+		}
+	}
+	return true
+}
+
+// reserve takes port for this process, reporting false while a test of
+// this or another process holds it.
+func reserve(t testing.TB, port int) bool {
+	mu.Lock()
+	defer mu.Unlock()
+	if inUse[port] {
+		return false
+	}
+	locked, err := lock(port)
+	if err != nil {
+		t.Fatalf("freeport: %v", err)
+	}
+	if locked {
+		inUse[port] = true
+	}
+	return locked
+}
+
+// release gives a reserved port back.
+func release(port int) {
+	mu.Lock()
+	defer mu.Unlock()
+	delete(inUse, port)
+	unlock(port)
 }
 
 // free reports whether port can be bound on 127.0.0.1 for TCP and for UDP.

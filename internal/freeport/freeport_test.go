@@ -3,6 +3,7 @@ package freeport
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"runtime"
@@ -88,4 +89,32 @@ func TestTryLock(t *testing.T) {
 	} else {
 		fmt.Println("result: held")
 	}
+}
+
+// TestHold: a fixed port held is kept from other processes' tests until the
+// test ends, and Hold says when something that is not a test listens on it.
+func TestHold(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("ports are kept apart only within a process here")
+	}
+	port := Get(t)
+	release(port) // as if it were a fixed port nobody holds
+	t.Run("held", func(t *testing.T) {
+		if !Hold(t, port) {
+			t.Fatalf("port %d is free, but Hold says it is not", port)
+		}
+		if got := lockFromAnotherProcess(t, port); got != "held" {
+			t.Fatalf("another process could lock port %d while this test holds it: %s", port, got)
+		}
+	})
+	t.Run("listened on", func(t *testing.T) {
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		if Hold(t, port) {
+			t.Fatalf("Hold says port %d is free while a listener has it", port)
+		}
+	})
 }

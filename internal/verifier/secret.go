@@ -23,24 +23,57 @@ const (
 
 // ParseSecret decodes a "whsec_<base64>" secret into its HMAC key. The base64
 // must be canonical standard encoding with padding, so a secret has exactly
-// one spelling. Errors never contain the secret.
+// one spelling. Errors say what is wrong with it (a space around it, missing
+// padding, the URL-safe alphabet, ...) and never contain the secret.
 func ParseSecret(secret string) ([]byte, error) {
 	if secret == "" {
 		return nil, errors.New("secret is empty")
+	}
+	if strings.TrimSpace(secret) != secret {
+		return nil, errors.New("secret begins or ends with a space or a line break: give it without them")
 	}
 	encoded, ok := strings.CutPrefix(secret, SecretPrefix)
 	if !ok {
 		return nil, fmt.Errorf("secret does not start with %q", SecretPrefix)
 	}
-	key, err := strictBase64.DecodeString(encoded)
-	// Strict decoding still skips CR and LF; re-encoding catches those too.
-	if err != nil || base64.StdEncoding.EncodeToString(key) != encoded {
-		return nil, errors.New("secret is not canonical base64 after the whsec_ prefix")
+	key, err := decodeKey(encoded)
+	if err != nil {
+		return nil, fmt.Errorf("secret after %s: %w", SecretPrefix, err)
 	}
 	if len(key) < MinKeyLen || len(key) > MaxKeyLen {
 		return nil, fmt.Errorf("secret decodes to %d bytes, want %d to %d", len(key), MinKeyLen, MaxKeyLen)
 	}
 	return key, nil
+}
+
+// decodeKey decodes canonical, padded, standard base64, and says what is
+// wrong with anything else without quoting it.
+func decodeKey(encoded string) ([]byte, error) {
+	if i := strings.IndexFunc(encoded, func(c rune) bool { return !isBase64(c) }); i >= 0 {
+		switch c := encoded[i]; {
+		case c == '-' || c == '_':
+			return nil, errors.New("the base64 uses the URL-safe alphabet ('-' or '_'); want standard base64 ('+' and '/')")
+		case c == ' ' || c == '\t' || c == '\r' || c == '\n':
+			return nil, fmt.Errorf("a space or a line break at character %d of the base64", i+1)
+		default:
+			return nil, fmt.Errorf("character %d of the base64 is not a base64 character", i+1)
+		}
+	}
+	if len(encoded)%4 != 0 {
+		if _, err := base64.RawStdEncoding.Strict().DecodeString(encoded); err == nil {
+			return nil, fmt.Errorf("the base64 lacks its padding: it should end with %d '='", 4-len(encoded)%4)
+		}
+		return nil, errors.New("the base64 is cut short, or has characters too many (its length is not a multiple of 4)")
+	}
+	key, err := strictBase64.DecodeString(encoded)
+	if err != nil {
+		return nil, errors.New("not canonical base64 ('=' only at the end, unused bits zero)")
+	}
+	return key, nil
+}
+
+func isBase64(c rune) bool {
+	return c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '+' || c == '/' || c == '='
 }
 
 // Sign returns the webhook-signature entry, "v1,<base64>", for a delivery

@@ -199,30 +199,38 @@ func flipPaddingBit(mac string) string {
 	return mac[:42] + string(alphabet[last|1]) + mac[43:]
 }
 
+// TestParseSecret: the forms accepted, and for each mistake a message that
+// says which it is, never quoting the secret.
 func TestParseSecret(t *testing.T) {
 	for _, tc := range []struct {
 		secret string
-		ok     bool
+		want   string // "" for a valid secret, else part of the error
 	}{
-		{webhooktest.Secret, true},
-		{"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", true}, // 24 bytes
-		{"", false},
-		{strings.TrimPrefix(webhooktest.Secret, "whsec_"), false},
-		{"WHSEC_" + strings.TrimPrefix(webhooktest.Secret, "whsec_"), false},
-		{webhooktest.Secret[:len(webhooktest.Secret)-1], false},           // padding removed
-		{webhooktest.Secret[:20] + "\n" + webhooktest.Secret[20:], false}, // newline inside
-		{webhooktest.Secret + " ", false},                                 // trailing space
-		{"whsec_" + strings.Repeat("A", 28), false},                       // 21 bytes
-		{"whsec_" + strings.Repeat("A", 88), false},                       // 66 bytes
-		{"whsec_" + strings.Repeat("A", 86) + "==", true},                 // 64 bytes
-		{"whsec_RdvaYFYUXuIFuEbvZHwMfYFhUf7aMYjYcmM24-Aj40c=", false},     // URL alphabet
-		{"whsec_RdvaYFYUXuIFuEbvZHwMfYFhUf7aMYjYcmM24+Aj40d=", false},     // padding bits set
+		{webhooktest.Secret, ""},
+		{"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", ""},  // 24 bytes
+		{"whsec_" + strings.Repeat("A", 86) + "==", ""}, // 64 bytes
+		{"", "empty"},
+		{strings.TrimPrefix(webhooktest.Secret, "whsec_"), `does not start with "whsec_"`},
+		{"WHSEC_" + strings.TrimPrefix(webhooktest.Secret, "whsec_"), `does not start with "whsec_"`},
+		{webhooktest.Secret[:len(webhooktest.Secret)-1], "lacks its padding: it should end with 1 '='"},
+		{webhooktest.Secret[:len(webhooktest.Secret)-2], "is cut short"},
+		{webhooktest.Secret[:20] + "\n" + webhooktest.Secret[20:], "a space or a line break at character 15 of the base64"},
+		{webhooktest.Secret + " ", "begins or ends with a space or a line break"},
+		{"\n" + webhooktest.Secret, "begins or ends with a space or a line break"},
+		{"whsec_" + strings.Repeat("A", 28), "decodes to 21 bytes"},
+		{"whsec_" + strings.Repeat("A", 88), "decodes to 66 bytes"},
+		{"whsec_RdvaYFYUXuIFuEbvZHwMfYFhUf7aMYjYcmM24-Aj40c=", "URL-safe alphabet"},
+		{"whsec_RdvaYFYUXuIFuEbvZHwMfYFhUf7aMYjYcmM24+Aj40d=", "not canonical base64"},
+		{"whsec_RdvaYFYUXuIFuEbvZHwMfYFhUf7aMYjYcmM24+Aj4*c=", "character 42 of the base64 is not"},
 	} {
 		_, err := ParseSecret(tc.secret)
-		if (err == nil) != tc.ok {
-			t.Errorf("ParseSecret(%q): err = %v, want ok = %v", tc.secret, err, tc.ok)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("ParseSecret(%q): %v, want it accepted", tc.secret, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("ParseSecret(%q): %v, want an error containing %q", tc.secret, err, tc.want)
 		}
-		if err != nil && len(tc.secret) > len(SecretPrefix)+4 && strings.Contains(err.Error(), tc.secret[len(SecretPrefix):]) {
+		if err != nil && len(tc.secret) > len(SecretPrefix)+4 && strings.Contains(err.Error(), strings.TrimSpace(tc.secret)[len(SecretPrefix):]) {
 			t.Errorf("error leaks the secret: %v", err)
 		}
 	}
