@@ -11,10 +11,18 @@ see answered, so the same event can arrive twice.
 """
 
 import json
+import logging
 import os
 import queue
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# One line per record, each written whole: the request threads and the
+# worker print at the same time, and print() writes a line's text and its
+# newline separately, so two lines could end up on one.
+logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
+log = logging.getLogger("app")
 
 work = queue.Queue()
 seen = set()  # event ids already taken; use your database in production
@@ -24,7 +32,7 @@ seen_lock = threading.Lock()
 def handle(event):
     """The slow part, after the answer: fetch the batch's results, etc."""
     data = event.get("data", {})
-    print(f"processed {event['type']} {event['id']} about {data.get('id', data.get('call_id'))}", flush=True)
+    log.info("processed %s %s about %s", event["type"], event["id"], data.get("id", data.get("call_id")))
 
 
 def worker():
@@ -57,12 +65,21 @@ class Hooks(BaseHTTPRequestHandler):
         self.end_headers()
 
     def log_message(self, fmt, *args):
-        print(f"{self.command} {self.path} {args[1] if len(args) > 1 else ''}", flush=True)
+        log.info("%s %s %s", self.command, self.path, args[1] if len(args) > 1 else "")
+
+
+class Server(ThreadingHTTPServer):
+    # socketserver listens with a backlog of 5 connections. Caddy opens one
+    # per delivery (this server closes each after its answer), and a burst of
+    # deliveries overflows 5 before the accept loop takes them: the kernel
+    # resets the rest and Caddy answers 502. Queue a burst instead (Linux
+    # caps the backlog at net.core.somaxconn).
+    request_queue_size = 1024
 
 
 if __name__ == "__main__":
     threading.Thread(target=worker, daemon=True).start()
     port = int(os.environ.get("PORT", "8000"))
-    server = ThreadingHTTPServer(("127.0.0.1", port), Hooks)
-    print(f"listening on 127.0.0.1:{port}", flush=True)
+    server = Server(("127.0.0.1", port), Hooks)
+    log.info("listening on 127.0.0.1:%d", port)
     server.serve_forever()
