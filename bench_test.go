@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -93,7 +94,7 @@ func BenchmarkServeHTTP(b *testing.B) {
 // BenchmarkReplayStore measures what replay refusal adds to a delivery:
 // claiming a new id and recording it as delivered.
 func BenchmarkReplayStore(b *testing.B) {
-	h, _ := provisioned(b, &Handler{Secrets: []string{webhooktest.Secret}, ReplayCapacity: 1 << 16})
+	h, _ := provisioned(b, &Handler{Secrets: []string{webhooktest.Secret}, ReplayStoreRaw: json.RawMessage(`{"backend":"memory","capacity":65536}`)})
 	ctx := context.Background()
 	ids := make([]string, 1<<16)
 	for i := range ids {

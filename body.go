@@ -59,14 +59,14 @@ type bufferedBody struct {
 	reserved int64 // bytes of budget held until verified or release
 }
 
-// readBody reads src to its end into a bufferedBody, also writing every byte
+// bufferBody reads src to its end into a bufferedBody, also writing every byte
 // to hash. It takes chunks as bytes arrive, each reserved from budget first,
 // so what a sender makes the gateway hold grows with what it sent, never
 // with what it announced; errOverloaded means the budget ran out (before
 // any byte was read, if it had no room for the first chunk). It reads at
 // most limit+1 bytes and returns errBodyTooLarge when the body is longer
 // than limit.
-func readBody(src io.Reader, limit int64, hash io.Writer, budget *budget) (*bufferedBody, error) {
+func bufferBody(src io.Reader, limit int64, hash io.Writer, budget *budget) (*bufferedBody, error) {
 	b := &bufferedBody{list: chunkListPool.Get().(*[]*[chunkSize]byte), budget: budget}
 	b.chunks = (*b.list)[:0]
 	for {

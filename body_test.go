@@ -27,7 +27,7 @@ func chunksTaken(size, limit int64) int64 {
 func TestBufferedBodyAfterRelease(t *testing.T) {
 	want := bytes.Repeat([]byte("secret-body "), 10_000) // several chunks
 	var hashed bytes.Buffer
-	b, err := readBody(bytes.NewReader(want), int64(len(want)), &hashed, unlimited())
+	b, err := bufferBody(bytes.NewReader(want), int64(len(want)), &hashed, unlimited())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +50,7 @@ func TestBufferedBodyAfterRelease(t *testing.T) {
 	}
 }
 
-func TestReadBodyLimit(t *testing.T) {
+func TestBufferBodyLimit(t *testing.T) {
 	for _, tc := range []struct {
 		size, limit int
 		wantErr     error
@@ -64,7 +64,7 @@ func TestReadBodyLimit(t *testing.T) {
 	} {
 		body := bytes.Repeat([]byte{'z'}, tc.size)
 		bud := unlimited()
-		b, err := readBody(bytes.NewReader(body), int64(tc.limit), io.Discard, bud)
+		b, err := bufferBody(bytes.NewReader(body), int64(tc.limit), io.Discard, bud)
 		if !errors.Is(err, tc.wantErr) {
 			t.Errorf("%d bytes under %d: error %v, want %v", tc.size, tc.limit, err, tc.wantErr)
 			continue
@@ -91,19 +91,19 @@ func TestReadBodyLimit(t *testing.T) {
 	}
 }
 
-// TestReadBodyBudget: unverified bodies together hold at most the budget;
+// TestBufferBodyBudget: unverified bodies together hold at most the budget;
 // the read that would pass it fails before reading into a new chunk, and
 // what a body held comes back when it is released or verified.
-func TestReadBodyBudget(t *testing.T) {
+func TestBufferBodyBudget(t *testing.T) {
 	bud := &budget{limit: 3 * chunkSize}
 	// 2 chunks less a byte: two chunks, the second with room to see the end.
-	first, err := readBody(bytes.NewReader(make([]byte, 2*chunkSize-1)), 1<<20, io.Discard, bud)
+	first, err := bufferBody(bytes.NewReader(make([]byte, 2*chunkSize-1)), 1<<20, io.Discard, bud)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Two chunks taken: a body of more than one chunk cannot be held now.
 	src := bytes.NewReader(make([]byte, chunkSize+1))
-	if _, err := readBody(src, 1<<20, io.Discard, bud); !errors.Is(err, errOverloaded) {
+	if _, err := bufferBody(src, 1<<20, io.Discard, bud); !errors.Is(err, errOverloaded) {
 		t.Fatalf("a body past the budget: %v, want errOverloaded", err)
 	}
 	if unread := src.Len(); unread != 1 {
@@ -113,12 +113,12 @@ func TestReadBodyBudget(t *testing.T) {
 		t.Fatalf("budget used %d after a refused body, want %d", used, 2*chunkSize)
 	}
 	first.release()
-	second, err := readBody(bytes.NewReader(make([]byte, 3*chunkSize-1)), 1<<20, io.Discard, bud)
+	second, err := bufferBody(bytes.NewReader(make([]byte, 3*chunkSize-1)), 1<<20, io.Discard, bud)
 	if err != nil {
 		t.Fatalf("after release, a body the size of the budget: %v", err)
 	}
 	second.verified()
-	if _, err := readBody(bytes.NewReader(make([]byte, 3*chunkSize-1)), 1<<20, io.Discard, bud); err != nil {
+	if _, err := bufferBody(bytes.NewReader(make([]byte, 3*chunkSize-1)), 1<<20, io.Discard, bud); err != nil {
 		t.Fatalf("a verified body held budget: %v", err)
 	}
 }
@@ -178,10 +178,10 @@ func (s *splitReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// FuzzReadBody reads bodies split into random reads under random limits and
+// FuzzBufferBody reads bodies split into random reads under random limits and
 // budgets, reads them back through several readers, some released early,
 // and checks every byte and every byte of budget.
-func FuzzReadBody(f *testing.F) {
+func FuzzBufferBody(f *testing.F) {
 	f.Add(uint64(1), uint32(100), uint32(1000), uint32(1<<20), false)
 	f.Add(uint64(2), uint32(chunkSize), uint32(chunkSize), uint32(chunkSize), false)
 	f.Add(uint64(3), uint32(3*chunkSize+1), uint32(3*chunkSize), uint32(4*chunkSize), true)
@@ -202,7 +202,7 @@ func FuzzReadBody(f *testing.F) {
 		}
 		bud := &budget{limit: int64(budgetLimit)}
 		var hashed bytes.Buffer
-		b, err := readBody(src, int64(limit), &hashed, bud)
+		b, err := bufferBody(src, int64(limit), &hashed, bud)
 		need := chunksTaken(int64(size), int64(limit))
 		switch {
 		case failing:

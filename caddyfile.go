@@ -14,6 +14,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/webhookgate/caddy-openai-webhook/internal/cfparse"
+	"github.com/webhookgate/caddy-openai-webhook/internal/guest"
 	"github.com/webhookgate/caddy-openai-webhook/internal/verifier"
 )
 
@@ -40,7 +41,6 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		body_timeout   <duration>
 //		max_unverified <size>
 //		replay_window   <duration>|off
-//		replay_capacity <count>
 //		replay_store    <module> [{ <module options> }]
 //		events <type>|<family>.* ...
 //		queue {
@@ -86,8 +86,6 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.MaxUnverified, err = cfparse.With(d, func(v string) (int64, error) { return parseSize(v, math.MaxInt64) })
 		case "replay_window":
 			h.ReplayWindow, err = cfparse.With(d, parseReplayWindow)
-		case "replay_capacity":
-			h.ReplayCapacity, err = cfparse.With(d, cfparse.Count)
 		case "events":
 			patterns := d.RemainingArgs()
 			if len(patterns) == 0 {
@@ -130,7 +128,7 @@ func (h *Handler) unmarshalReplayStore(d *caddyfile.Dispenser) error {
 	if h.ReplayStoreRaw != nil {
 		return d.Err("replay_store: given twice")
 	}
-	raw, err := cfparse.Guest(d, "http.handlers.openai_webhook.replay_stores", "backend")
+	raw, err := guest.Parse(d, "http.openai_webhook.replay_stores", "backend")
 	if err != nil {
 		return d.Errf("replay_store: %v", err)
 	}
@@ -153,7 +151,7 @@ func (q *Queue) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if q.StoreRaw != nil {
 				return d.Err("queue: store: given twice")
 			}
-			q.StoreRaw, err = cfparse.Guest(d, "http.handlers.openai_webhook.queue_stores", "backend")
+			q.StoreRaw, err = guest.Parse(d, "http.handlers.openai_webhook.queue_stores", "backend")
 		case "retry":
 			delays := d.RemainingArgs()
 			if len(delays) == 0 {

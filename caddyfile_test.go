@@ -4,26 +4,26 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddytest"
 
 	"github.com/webhookgate/caddy-openai-webhook/internal/verifier"
 )
 
+// TestUnmarshalCaddyfile: the directive, as the JSON it becomes (every
+// field, so that a new one cannot go unchecked), and its errors.
 func TestUnmarshalCaddyfile(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		input   string
-		want    Handler
+		want    string // the handler's JSON
 		wantErr string
 	}{
 		{
 			name:  "env placeholder argument",
 			input: `openai_webhook {env.OPENAI_WEBHOOK_SECRET}`,
-			want:  Handler{Secrets: []string{"{env.OPENAI_WEBHOOK_SECRET}"}},
+			want:  `{"secrets":["{env.OPENAI_WEBHOOK_SECRET}"]}`,
 		},
 		{
 			name: "block",
@@ -33,33 +33,33 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				tolerance 2m
 				max_size 64KiB
 			}`,
-			want: Handler{Secrets: []string{"{env.NEW}", "{file./run/secrets/old}"}, Tolerance: caddy.Duration(2 * time.Minute), MaxSize: 64 << 10},
+			want: `{"secrets":["{env.NEW}","{file./run/secrets/old}"],"tolerance":120000000000,"max_size":65536}`,
 		},
 		{
 			name:  "argument and block",
 			input: "openai_webhook {env.A} {\n secret {env.B}\n max_size 1MB\n}",
-			want:  Handler{Secrets: []string{"{env.A}", "{env.B}"}, MaxSize: 1_000_000},
+			want:  `{"secrets":["{env.A}","{env.B}"],"max_size":1000000}`,
 		},
 		{
 			name:  "replay options",
-			input: "openai_webhook {env.A} {\n replay_window 1h\n replay_capacity 5000\n}",
-			want:  Handler{Secrets: []string{"{env.A}"}, ReplayWindow: caddy.Duration(time.Hour), ReplayCapacity: 5000},
+			input: "openai_webhook {env.A} {\n replay_window 1h\n replay_store memory {\n capacity 5000\n }\n}",
+			want:  `{"secrets":["{env.A}"],"replay_window":3600000000000,"replay_store":{"backend":"memory","capacity":5000}}`,
 		},
 		{
 			name:  "replay off",
 			input: "openai_webhook {env.A} {\n replay_window off\n}",
-			want:  Handler{Secrets: []string{"{env.A}"}, ReplayWindow: -1},
+			want:  `{"secrets":["{env.A}"],"replay_window":-1}`,
 		},
 		{name: "bad replay_window", input: "openai_webhook {\n replay_window never\n}", wantErr: "replay_window"},
 		{
 			name:  "body options",
 			input: "openai_webhook {env.A} {\n body_timeout 3s\n max_unverified 16MiB\n}",
-			want:  Handler{Secrets: []string{"{env.A}"}, BodyTimeout: caddy.Duration(3 * time.Second), MaxUnverified: 16 << 20},
+			want:  `{"secrets":["{env.A}"],"body_timeout":3000000000,"max_unverified":16777216}`,
 		},
 		{
 			name:  "memory store",
 			input: "openai_webhook {env.A} {\n replay_store memory {\n in_flight_ttl 2m\n }\n}",
-			want:  Handler{Secrets: []string{"{env.A}"}, ReplayStoreRaw: []byte(`{"backend":"memory","in_flight_ttl":120000000000}`)},
+			want:  `{"secrets":["{env.A}"],"replay_store":{"backend":"memory","in_flight_ttl":120000000000}}`,
 		},
 		{
 			name: "redis store",
@@ -78,14 +78,14 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 					in_flight_ttl 90s
 				}
 			}`,
-			want: Handler{Secrets: []string{"{env.A}"}, ReplayStoreRaw: []byte(`{"address":"rediss://redis.internal:6380","backend":"redis","db":2,` +
+			want: `{"secrets":["{env.A}"],"replay_store":{"address":"rediss://redis.internal:6380","backend":"redis","db":2,` +
 				`"in_flight_ttl":90000000000,"key_prefix":"hooks:","on_error":"forward","password":"{env.REDIS_PASSWORD}","timeout":250000000,` +
-				`"tls":true,"tls_ca":"/etc/caddy/redis-ca.pem","tls_server_name":"redis.internal","username":"{env.REDIS_USERNAME}"}`)},
+				`"tls":true,"tls_ca":"/etc/caddy/redis-ca.pem","tls_server_name":"redis.internal","username":"{env.REDIS_USERNAME}"}}`,
 		},
 		{
 			name:  "events",
 			input: "openai_webhook {env.A} {\n events response.completed batch.*\n events fine_tuning.job.*\n}",
-			want:  Handler{Secrets: []string{"{env.A}"}, Events: []string{"response.completed", "batch.*", "fine_tuning.job.*"}},
+			want:  `{"secrets":["{env.A}"],"events":["response.completed","batch.*","fine_tuning.job.*"]}`,
 		},
 		{name: "events without a pattern", input: "openai_webhook {\n events\n}", wantErr: "events: at least one"},
 		{name: "events, * in the middle", input: "openai_webhook {\n events batch.*.completed\n}", wantErr: `events: "batch.*.completed"`},
@@ -104,8 +104,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "max_unverified zero", input: "openai_webhook {\n max_unverified 0\n}", wantErr: "max_unverified"},
 		{name: "max_unverified without a value", input: "openai_webhook {\n max_unverified\n}", wantErr: "max_unverified: takes exactly one value"},
 		{name: "zero replay_window", input: "openai_webhook {\n replay_window 0s\n}", wantErr: "replay_window"},
-		{name: "bad replay_capacity", input: "openai_webhook {\n replay_capacity -3\n}", wantErr: "replay_capacity"},
-		{name: "no secret is a provision error, not a parse error", input: `openai_webhook`, want: Handler{}},
+		{name: "bad capacity", input: "openai_webhook {\n replay_store memory {\n capacity -3\n }\n}", wantErr: `capacity: "-3" is not a positive whole number`},
+		{name: "no secret is a provision error, not a parse error", input: `openai_webhook`, want: `{}`},
 		{name: "two arguments", input: `openai_webhook {env.A} {env.B}`, wantErr: "at most one secret argument"},
 		{name: "secret without value", input: "openai_webhook {\n secret\n}", wantErr: "secret: takes exactly one value"},
 		{name: "secret with two values", input: "openai_webhook {\n secret a b\n}", wantErr: "secret: takes exactly one value"},
@@ -132,11 +132,12 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if strings.Join(got.Secrets, ",") != strings.Join(tc.want.Secrets, ",") || got.Tolerance != tc.want.Tolerance || got.MaxSize != tc.want.MaxSize ||
-				got.ReplayWindow != tc.want.ReplayWindow || got.ReplayCapacity != tc.want.ReplayCapacity ||
-				got.BodyTimeout != tc.want.BodyTimeout || got.MaxUnverified != tc.want.MaxUnverified ||
-				string(got.ReplayStoreRaw) != string(tc.want.ReplayStoreRaw) || strings.Join(got.Events, " ") != strings.Join(tc.want.Events, " ") {
-				t.Fatalf("got %+v, want %+v", got, tc.want)
+			raw, err := json.Marshal(&got)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if gotJSON, want := canonicalJSON(t, raw), canonicalJSON(t, []byte(tc.want)); gotJSON != want {
+				t.Fatalf("got  %s\nwant %s", gotJSON, want)
 			}
 		})
 	}
@@ -208,8 +209,8 @@ func FuzzUnmarshalCaddyfile(f *testing.F) {
 		"{env.A}",
 		"{\n secret whsec_c2VjcmV0LXZhbHVlLW9mLWZ1enotc2VlZA==\n tolerance 2m\n}",
 		"{\n secret whsec_c2VjcmV0LXZhbHVlLW9mLWZ1enotc2VlZA== extra\n}",
-		"{\n secret {file./run/s}\n max_size 64KiB\n body_timeout 3s\n max_unverified 1MiB\n replay_window off\n replay_capacity 10\n}",
-		"{\n replay_window 1d\n replay_capacity -1\n}",
+		"{\n secret {file./run/s}\n max_size 64KiB\n body_timeout 3s\n max_unverified 1MiB\n replay_window off\n}",
+		"{\n replay_window 1d\n replay_store memory {\n capacity -1\n }\n}",
 		"{\n max_size 18446744073709551616\n}",
 		"{\n secret whsec_c2VjcmV0LXZhbHVlLW9mLWZ1enotc2VlZA==\n bogus {\n }\n}",
 		"whsec_c2VjcmV0LXZhbHVlLW9mLWZ1enotc2VlZA== whsec_b3RoZXItc2VjcmV0LXZhbHVlLWZ1enotc2VlZA==",
@@ -248,7 +249,7 @@ func FuzzUnmarshalCaddyfile(f *testing.F) {
 			return
 		}
 		if h.Tolerance < 0 || h.BodyTimeout < 0 || h.MaxSize < 0 || h.MaxSize > MaxMaxSize || h.MaxUnverified < 0 ||
-			h.ReplayWindow < -1 || h.ReplayCapacity < 0 {
+			h.ReplayWindow < -1 {
 			t.Fatalf("accepted out-of-range values: %+v", h)
 		}
 	})
@@ -331,4 +332,19 @@ func TestUnmarshalQueue(t *testing.T) {
 			}
 		})
 	}
+}
+
+// canonicalJSON returns raw with its object keys sorted, to compare JSON
+// whatever the order of its fields.
+func canonicalJSON(t *testing.T, raw []byte) string {
+	t.Helper()
+	var v any
+	if err := json.Unmarshal(raw, &v); err != nil {
+		t.Fatalf("%s: %v", raw, err)
+	}
+	out, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out)
 }

@@ -97,6 +97,10 @@ func noArgs(cmd *cobra.Command, args []string) error {
 	return nil
 }
 
+// clock is the commands' time: verify judges freshness against it, sign
+// and send sign with it. Tests fix it.
+var clock = time.Now
+
 // secretEnv names the environment variable commands read the secret from.
 const secretEnv = "OPENAI_WEBHOOK_SECRET"
 
@@ -233,7 +237,7 @@ sign it, one per line, as an HTTP header block.`,
 			if err != nil {
 				return err
 			}
-			h, err := deliveryHeaders(cmd, key, body, time.Now())
+			h, err := deliveryHeaders(cmd, key, body, clock())
 			if err != nil {
 				return err
 			}
@@ -297,7 +301,7 @@ func runVerify(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
-	now := time.Now()
+	now := clock()
 	v, err := verifier.New(verifier.Config{Keys: keys, Tolerance: tolerance, Now: func() time.Time { return now }})
 	if err != nil {
 		return err

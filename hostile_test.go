@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -53,70 +52,6 @@ func startGateway(t *testing.T, handler, upstream string) *caddytest.Tester {
 		reverse_proxy %s
 	}`, handler, upstream), "caddyfile")
 	return tester
-}
-
-// rawUpstream is an upstream on a bare TCP listener: it reads one request
-// per connection, records it, writes answer as given and then records every
-// byte that still comes on the connection, as an app that switched
-// protocols would.
-type rawUpstream struct {
-	ln     net.Listener
-	answer string
-	mu     sync.Mutex
-	got    []*http.Request
-	after  bytes.Buffer
-}
-
-func startRawUpstream(t *testing.T, answer string) *rawUpstream {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := &rawUpstream{ln: ln, answer: answer}
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() { u.serve(conn) })
-		}
-	})
-	return u
-}
-
-func (u *rawUpstream) serve(conn net.Conn) {
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(ioBound))
-	br := bufio.NewReader(conn)
-	req, err := http.ReadRequest(br)
-	if err != nil {
-		return
-	}
-	_, _ = io.Copy(io.Discard, req.Body)
-	u.mu.Lock()
-	u.got = append(u.got, req)
-	u.mu.Unlock()
-	if _, err := io.WriteString(conn, u.answer); err != nil {
-		return
-	}
-	_ = conn.SetReadDeadline(time.Now().Add(time.Second))
-	rest, _ := io.ReadAll(br)
-	u.mu.Lock()
-	u.after.Write(rest)
-	u.mu.Unlock()
-}
-
-func (u *rawUpstream) requests() int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return len(u.got)
 }
 
 // ioBound keeps a broken exchange from hanging a test; it asserts nothing.
@@ -487,7 +422,7 @@ func TestUnverifiedBudgetAcrossConnections(t *testing.T) {
 	// The stalled bodies reach the handler in their own time: wait until
 	// they hold the budget, looking at it rather than probing it with
 	// deliveries, which would take a share a stalled body then finds gone.
-	waitFor(t, "the stalled bodies to hold max_unverified", func() bool { return heldUnverified(limit) == limit })
+	webhooktest.WaitFor(t, "the stalled bodies to hold max_unverified", func() bool { return heldUnverified(limit) == limit })
 	if resp := genuine("wh_budget_spent"); resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "4" {
 		t.Fatalf("with the budget spent: %s, Retry-After %q; want 503 and 4", resp.Status, resp.Header.Get("Retry-After"))
 	}

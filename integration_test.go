@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,42 +17,6 @@ import (
 
 	"github.com/webhookgate/caddy-openai-webhook/internal/webhooktest"
 )
-
-// upstreamRecorder is a real HTTP upstream that remembers what reached it.
-type upstreamRecorder struct {
-	mu       sync.Mutex
-	requests []receivedRequest
-}
-
-type receivedRequest struct {
-	body             []byte
-	header           http.Header
-	transferEncoding []string
-}
-
-func (u *upstreamRecorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(r.Body)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	u.mu.Lock()
-	u.requests = append(u.requests, receivedRequest{body: body, header: r.Header.Clone(), transferEncoding: r.TransferEncoding})
-	u.mu.Unlock()
-	fmt.Fprint(w, "app got it")
-}
-
-func (u *upstreamRecorder) count() int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return len(u.requests)
-}
-
-func (u *upstreamRecorder) last() receivedRequest {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.requests[len(u.requests)-1]
-}
 
 // TestCaddyReverseProxy runs the directive in an in-process Caddy in front
 // of reverse_proxy and a real upstream.

@@ -3,41 +3,12 @@ package openaiwebhook
 import (
 	"context"
 	"errors"
-	"net/http"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/webhookgate/caddy-openai-webhook/replaystore"
-)
-
-// outcome is what became of a request: the value of the outcome label and
-// of {http.openai_webhook.error}, and, for a refusal, its status.
-type outcome struct {
-	name   string
-	status int
-}
-
-// Outcomes. Every request the handler sees ends in exactly one.
-var (
-	outcomeForwarded        = outcome{"forwarded", 0}                                     // verified and passed to the next handler
-	outcomeDuplicate        = outcome{"duplicate", http.StatusOK}                         // verified, id already delivered: not forwarded
-	outcomeFiltered         = outcome{"filtered", http.StatusOK}                          // verified, type not in events: not forwarded
-	outcomeInFlight         = outcome{"in_flight", http.StatusConflict}                   // verified, id being forwarded or queued
-	outcomeStoreUnavailable = outcome{"store_unavailable", http.StatusServiceUnavailable} // verified, the replay store or the queue's store could not answer
-	outcomeUnchecked        = outcome{"unchecked", 0}                                     // verified, forwarded without the replay check: the store could not answer
-	outcomeQueued           = outcome{"queued", http.StatusOK}                            // verified and stored in the queue
-	outcomeQueueFull        = outcome{"queue_full", http.StatusServiceUnavailable}        // verified, the queue holds max_pending
-	outcomeMalformed        = outcome{"malformed", http.StatusUnauthorized}               // missing, repeated or malformed headers
-	outcomeStale            = outcome{"stale", http.StatusUnauthorized}                   // timestamp outside the tolerance
-	outcomeBadSignature     = outcome{"bad_signature", http.StatusUnauthorized}           // no entry matches
-	outcomeTooLarge         = outcome{"too_large", http.StatusRequestEntityTooLarge}      // body over max_size
-	outcomeBodyTimeout      = outcome{"body_timeout", http.StatusRequestTimeout}          // body slower than body_timeout
-	outcomeOverloaded       = outcome{"overloaded", http.StatusServiceUnavailable}        // max_unverified reached
-	outcomeUnreadableBody   = outcome{"unreadable_body", http.StatusBadRequest}           // body not read to its end
-	outcomeBadFraming       = outcome{"bad_framing", http.StatusBadRequest}               // upgrade, Connection, Content-Length
-	outcomeMethodNotAllowed = outcome{"method_not_allowed", http.StatusMethodNotAllowed}  // not a POST
 )
 
 // The collectors live for the process, so counts survive config reloads;

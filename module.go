@@ -105,11 +105,6 @@ type Handler struct {
 	// replay refusal off.
 	ReplayWindow caddy.Duration `json:"replay_window,omitempty"`
 
-	// ReplayCapacity is the most delivered ids the memory store keeps;
-	// past it the oldest is forgotten early. Each costs about 64 bytes.
-	// Default: 100000.
-	ReplayCapacity int `json:"replay_capacity,omitempty"`
-
 	// Events is an allow-list of event types: exact types
 	// ("response.completed") and families ending in ".*" ("batch.*",
 	// "fine_tuning.job.*"). A verified delivery whose body is not a JSON
@@ -124,11 +119,11 @@ type Handler struct {
 	Queue *Queue `json:"queue,omitempty"`
 
 	// ReplayStoreRaw is where delivered ids are remembered: a module of
-	// the namespace http.handlers.openai_webhook.replay_stores, chosen by
-	// its "backend" field: "memory" (the default; one Caddy process, kept
+	// the namespace http.openai_webhook.replay_stores, chosen by its
+	// "backend" field: "memory" (the default; one Caddy process, kept
 	// across reloads that keep a secret) or "redis" (a fleet; kept across
 	// restarts).
-	ReplayStoreRaw json.RawMessage `json:"replay_store,omitempty" caddy:"namespace=http.handlers.openai_webhook.replay_stores inline_key=backend"`
+	ReplayStoreRaw json.RawMessage `json:"replay_store,omitempty" caddy:"namespace=http.openai_webhook.replay_stores inline_key=backend"`
 
 	verifier    *verifier.Verifier
 	events      *eventFilter // nil without events
@@ -159,9 +154,11 @@ type pooledBudget struct{ *budget }
 
 func (pooledBudget) Destruct() error { return nil }
 
-// Provision sets the defaults, expands and decodes the secrets and builds
-// the verifier. Its errors name the field at fault and never contain a
-// secret.
+// Provision sets the defaults, expands and decodes the secrets, builds the
+// verifier and the events filter, takes the handler's share of the budget
+// for unverified bodies, loads the replay store and the config's App, and
+// with a queue, the queue's store. Its errors name the field at fault and
+// never contain a secret.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.storeErrors = &lograte.Limiter{Every: storeErrorLogEvery}
@@ -188,9 +185,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.ReplayWindow == 0 {
 		h.ReplayWindow = caddy.Duration(2*time.Duration(h.Tolerance) + time.Second)
-	}
-	if h.ReplayCapacity == 0 {
-		h.ReplayCapacity = DefaultReplayCapacity
 	}
 	// The values are checked before anything is built from them; Caddy
 	// calls Validate again afterwards.
@@ -238,8 +232,6 @@ func (h *Handler) Validate() error {
 		return fmt.Errorf("body_timeout: %v is not a positive duration", time.Duration(h.BodyTimeout))
 	case h.MaxUnverified < chunksOf(h.MaxSize):
 		return fmt.Errorf("max_unverified: %d bytes is less than the %d bytes that one body of max_size occupies (max_size rounded up to 32 KiB)", h.MaxUnverified, chunksOf(h.MaxSize))
-	case h.ReplayCapacity < 0:
-		return fmt.Errorf("replay_capacity: %d is negative", h.ReplayCapacity)
 	case h.ReplayWindow < 0 && h.ReplayStoreRaw != nil:
 		return errors.New("replay_store: set while replay_window is off, which would leave it unused")
 	}
@@ -364,7 +356,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if h.events != nil {
 		typ, _ := ev.fields()
 		if !h.events.matches(typ) {
-			return h.filter(w, d.server, headers.ID, typ)
+			return h.answerFiltered(w, d.server, headers.ID, typ)
 		}
 		d.event = eventTypeLabel(typ)
 	}
@@ -381,15 +373,21 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	return h.forwardOnce(w, withBody(r, body), next, d)
 }
 
-// filter answers a verified delivery of a type the allow-list leaves out:
-// 200, so the sender does not retry it, and nothing forwarded.
-func (h *Handler) filter(w http.ResponseWriter, server, id, typ string) error {
+// answerFiltered answers a verified delivery of a type the allow-list
+// leaves out: 200, so the sender does not retry it, and nothing forwarded.
+func (h *Handler) answerFiltered(w http.ResponseWriter, server, id, typ string) error {
 	requestsTotal.WithLabelValues(server, outcomeFiltered.name).Inc()
 	h.logger.Debug("delivery of an event type not in events answered without forwarding",
 		zap.String("webhook_id", id), zap.String("event_type", typ))
+	answerEmpty(w)
+	return nil
+}
+
+// answerEmpty answers 200 with an empty body: the sender has what it needs
+// to stop retrying, and nothing else.
+func answerEmpty(w http.ResponseWriter) {
 	w.Header().Set("Content-Length", "0")
 	w.WriteHeader(http.StatusOK)
-	return nil
 }
 
 // serverOf returns the name of the Caddy server the request came to (as
@@ -434,7 +432,7 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, hash io.Write
 		})
 		defer timer.Stop()
 	}
-	body, err := readBody(src, h.MaxSize, hash, h.budget)
+	body, err := bufferBody(src, h.MaxSize, hash, h.budget)
 	switch {
 	case err == nil:
 		return body, nil

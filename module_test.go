@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -41,43 +42,11 @@ func provisioned(t testing.TB, h *Handler) (*Handler, *bytes.Buffer) {
 	return h, logs
 }
 
-// forwarded records what the next handler received.
-type forwarded struct {
-	calls         int
-	body          []byte
-	contentLength int64
-	header        http.Header
-	id, ts        string
-}
-
-func (f *forwarded) ServeHTTP(w http.ResponseWriter, r *http.Request) error {
-	f.calls++
-	body, err := io.ReadAll(r.Body)
-	if err != nil {
-		return err
-	}
-	// The transport may rewind the body (GetBody) to retry on a new connection.
-	again, err := r.GetBody()
-	if err != nil {
-		return err
-	}
-	rewound, _ := io.ReadAll(again)
-	if !bytes.Equal(rewound, body) {
-		return errors.New("GetBody returned other bytes than Body")
-	}
-	f.body, f.contentLength, f.header = body, r.ContentLength, r.Header.Clone()
-	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	f.id, _ = repl.GetString("http.openai_webhook.id")
-	f.ts, _ = repl.GetString("http.openai_webhook.timestamp")
-	w.WriteHeader(http.StatusNoContent)
-	return nil
-}
-
 // serve runs one request through h the way Caddy's server would.
-func serve(h *Handler, r *http.Request) (*forwarded, error) {
+func serve(h *Handler, r *http.Request) (*nextApp, error) {
 	repl := caddy.NewReplacer()
 	r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
-	next := new(forwarded)
+	next := &nextApp{status: http.StatusNoContent}
 	err := h.ServeHTTP(httptest.NewRecorder(), r, next)
 	return next, err
 }
@@ -143,8 +112,8 @@ func TestForwardsExactVerifiedBytes(t *testing.T) {
 			if got.header.Get("webhook-signature") != sig {
 				t.Fatal("webhook-signature header not passed on")
 			}
-			if got.id != id || got.ts != strconv.FormatInt(ts.Unix(), 10) {
-				t.Fatalf("placeholders id=%q ts=%q", got.id, got.ts)
+			if gotID, gotTS := got.placeholders["http.openai_webhook.id"], got.placeholders["http.openai_webhook.timestamp"]; gotID != id || gotTS != strconv.FormatInt(ts.Unix(), 10) {
+				t.Fatalf("placeholders id=%q ts=%q", gotID, gotTS)
 			}
 		})
 	}
@@ -314,7 +283,7 @@ func TestProvisionErrors(t *testing.T) {
 		{name: "max_unverified below max_size's chunks", h: Handler{Secrets: []string{webhooktest.Secret}, MaxSize: 1<<20 + 1, MaxUnverified: 1<<20 + 1}, wantErr: "max_unverified"},
 		{name: "max_unverified of one max_size body", h: Handler{Secrets: []string{webhooktest.Secret}, MaxSize: 1<<20 + 1, MaxUnverified: 1<<20 + chunkSize}},
 		{name: "max_size of 1GiB raises the default max_unverified", h: Handler{Secrets: []string{webhooktest.Secret}, MaxSize: 1 << 30}},
-		{name: "negative replay_capacity", h: Handler{Secrets: []string{webhooktest.Secret}, ReplayCapacity: -1}, wantErr: "replay_capacity"},
+		{name: "negative capacity", h: Handler{Secrets: []string{webhooktest.Secret}, ReplayStoreRaw: json.RawMessage(`{"backend":"memory","capacity":-1}`)}, wantErr: "capacity: -1 is not a positive number"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := configContext(t)
@@ -347,9 +316,9 @@ func TestProvisionErrors(t *testing.T) {
 func TestDefaults(t *testing.T) {
 	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}})
 	if h.MaxSize != 1<<20 || time.Duration(h.Tolerance) != 5*time.Minute || time.Duration(h.BodyTimeout) != 10*time.Second ||
-		h.MaxUnverified != 64<<20 || time.Duration(h.ReplayWindow) != 10*time.Minute+time.Second || h.ReplayCapacity != 100_000 {
-		t.Fatalf("defaults max_size=%d tolerance=%s body_timeout=%s max_unverified=%d replay_window=%s replay_capacity=%d",
-			h.MaxSize, time.Duration(h.Tolerance), time.Duration(h.BodyTimeout), h.MaxUnverified, time.Duration(h.ReplayWindow), h.ReplayCapacity)
+		h.MaxUnverified != 64<<20 || time.Duration(h.ReplayWindow) != 10*time.Minute+time.Second {
+		t.Fatalf("defaults max_size=%d tolerance=%s body_timeout=%s max_unverified=%d replay_window=%s",
+			h.MaxSize, time.Duration(h.Tolerance), time.Duration(h.BodyTimeout), h.MaxUnverified, time.Duration(h.ReplayWindow))
 	}
 	for _, tc := range []struct {
 		age    time.Duration
@@ -396,7 +365,7 @@ func TestUnverifiedBudget(t *testing.T) {
 	r.Body = io.NopCloser(errReader{errors.New("body was read")})
 	w := httptest.NewRecorder()
 	before := testutil.ToFloat64(requestsTotal.WithLabelValues("UNKNOWN", outcomeOverloaded.name))
-	err := h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer())), new(forwarded))
+	err := h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer())), &nextApp{status: http.StatusNoContent})
 	if statusOf(err) != http.StatusServiceUnavailable || w.Header().Get("Retry-After") != "60" {
 		t.Fatalf("with the budget spent: %v, Retry-After %q; want 503 and 60", err, w.Header().Get("Retry-After"))
 	}
@@ -492,11 +461,11 @@ func TestVerifiedCountedBySecret(t *testing.T) {
 			return signer, others
 		}
 		signer, others := counted()
-		deliverBody(t, h, "wh_by_secret_"+tc.signer, []byte(`{}`), new(eventNext))
+		deliverBody(t, h, "wh_by_secret_"+tc.signer, []byte(`{}`), &nextApp{status: http.StatusNoContent})
 		r := signedRequest(t, "wh_by_secret_tampered", []byte(`{}`), time.Now())
 		r.Body = io.NopCloser(strings.NewReader(`{"x":1}`))
 		r.ContentLength = 7
-		_ = h.ServeHTTP(httptest.NewRecorder(), r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer())), new(eventNext))
+		_ = h.ServeHTTP(httptest.NewRecorder(), r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer())), &nextApp{status: http.StatusNoContent})
 		signerAfter, othersAfter := counted()
 		if signerAfter-signer != 1 || othersAfter != others {
 			t.Errorf("signed by the secret at %s: its count rose by %v, the other's by %v; want 1 and 0",

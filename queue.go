@@ -21,6 +21,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 
+	"github.com/webhookgate/caddy-openai-webhook/internal/cfparse"
+	"github.com/webhookgate/caddy-openai-webhook/internal/guest"
 	"github.com/webhookgate/caddy-openai-webhook/internal/lograte"
 	"github.com/webhookgate/caddy-openai-webhook/queue"
 )
@@ -129,9 +131,9 @@ func (q *Queue) provision(ctx caddy.Context, h *Handler) error {
 	if err != nil {
 		return fmt.Errorf("queue: to: %w", err)
 	}
-	target, err := url.Parse(to)
-	if err != nil || (target.Scheme != "http" && target.Scheme != "https") || target.Host == "" {
-		return errors.New("queue: to: an http:// or https:// URL is required")
+	target, err := cfparse.HTTPURL(to)
+	if err != nil {
+		return fmt.Errorf("queue: to: %w", err)
 	}
 	q.target = target
 	transport := http.DefaultTransport.(*http.Transport).Clone()
@@ -144,18 +146,9 @@ func (q *Queue) provision(ctx caddy.Context, h *Handler) error {
 	q.client = &http.Client{Transport: transport, Timeout: time.Duration(q.Timeout),
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 
-	var mod any
-	if q.StoreRaw == nil {
-		mod, err = ctx.LoadModuleByID("http.handlers.openai_webhook.queue_stores.file", nil)
-	} else {
-		mod, err = ctx.LoadModule(q, "StoreRaw")
-	}
+	store, err := guest.Load[queue.Store](ctx, q, "StoreRaw", q.StoreRaw, "http.handlers.openai_webhook.queue_stores.file")
 	if err != nil {
 		return fmt.Errorf("queue: store: %w", err)
-	}
-	store, ok := mod.(queue.Store)
-	if !ok {
-		return fmt.Errorf("queue: store: module %T is not a queue.Store", mod)
 	}
 	if err := store.Open(q.MaxPending); err != nil {
 		return fmt.Errorf("queue: store: %w", err)
@@ -234,8 +227,7 @@ func (q *Queue) enqueue(w http.ResponseWriter, r *http.Request, h *Handler, body
 	case q.wake <- struct{}{}:
 	default: // every worker is busy or already woken
 	}
-	w.Header().Set("Content-Length", "0")
-	w.WriteHeader(http.StatusOK)
+	answerEmpty(w)
 	return true, nil
 }
 

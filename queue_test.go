@@ -122,7 +122,7 @@ func TestQueueAnswersFirst(t *testing.T) {
 	r.Header.Set("X-Hop", "this connection's")
 	r.Header.Set("Proxy-Authorization", "Basic cHJveHk6cHc=")
 	sig := r.Header.Get("webhook-signature")
-	next := &app{status: 200}
+	next := &nextApp{status: 200}
 	if status := deliverRequest(t, h, r, next); status != http.StatusOK || next.calls != 0 {
 		t.Fatalf("queued: %d with %d calls to the next handler, want 200 and none", status, next.calls)
 	}
@@ -136,14 +136,14 @@ func TestQueueAnswersFirst(t *testing.T) {
 			t.Errorf("attempt %d: %s %q, headers %v", i+1, req.Method, bodies[i], req.Header)
 		}
 	}
-	waitFor(t, "the delivered message to leave the queue", func() bool {
+	webhooktest.WaitFor(t, "the delivered message to leave the queue", func() bool {
 		c, err := h.Queue.store.Counts(context.Background())
 		return err == nil && c == (queue.Counts{})
 	})
 }
 
 // deliverRequest sends r through h and returns the status the sender sees.
-func deliverRequest(t *testing.T, h *Handler, r *http.Request, next *app) int {
+func deliverRequest(t *testing.T, h *Handler, r *http.Request, next *nextApp) int {
 	t.Helper()
 	r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
 	w := httptest.NewRecorder()
@@ -151,16 +151,6 @@ func deliverRequest(t *testing.T, h *Handler, r *http.Request, next *app) int {
 		return statusOf(err)
 	}
 	return w.Code
-}
-
-// waitFor polls cond until it holds; it asserts nothing.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(waitBound); !cond(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s after %s", what, waitBound)
-		}
-	}
 }
 
 // TestQueueDeadLetters: after the schedule, a message is a dead letter,
@@ -171,12 +161,12 @@ func TestQueueDeadLetters(t *testing.T) {
 	backend, to := newQueueApp(t, 500, 500, 500, 500, 500, 500)
 	h := queueHandler(t, to+"?token=tok-5e7a", Queue{})
 	for _, id := range []string{"wh_dead_1", "wh_dead_2"} {
-		if status := deliverRequest(t, h, signedRequest(t, id, []byte(`{"type":"x"}`), time.Now()), &app{}); status != http.StatusOK {
+		if status := deliverRequest(t, h, signedRequest(t, id, []byte(`{"type":"x"}`), time.Now()), &nextApp{}); status != http.StatusOK {
 			t.Fatalf("%s: %d", id, status)
 		}
 	}
 	backend.waitRequests(t, 6) // three attempts each
-	waitFor(t, "two dead letters", func() bool {
+	webhooktest.WaitFor(t, "two dead letters", func() bool {
 		c, _ := h.Queue.store.Counts(context.Background())
 		return c.Dead == 2
 	})
@@ -224,7 +214,7 @@ func TestQueueDeadLetters(t *testing.T) {
 		t.Fatalf("retry: %d %s", status, out)
 	}
 	backend.waitRequests(t, 7) // the script is used up: 200
-	waitFor(t, "the retried letter to be delivered", func() bool {
+	webhooktest.WaitFor(t, "the retried letter to be delivered", func() bool {
 		c, _ := h.Queue.store.Counts(context.Background())
 		return c == (queue.Counts{})
 	})
@@ -244,14 +234,14 @@ func TestQueueFull(t *testing.T) {
 	to = srv.URL
 	srv.Close()
 	h := queueHandler(t, to, Queue{MaxPending: 1, Retry: []caddy.Duration{caddy.Duration(time.Hour)}})
-	if status := deliverRequest(t, h, signedRequest(t, "wh_full_1", []byte(`{}`), time.Now()), &app{}); status != http.StatusOK {
+	if status := deliverRequest(t, h, signedRequest(t, "wh_full_1", []byte(`{}`), time.Now()), &nextApp{}); status != http.StatusOK {
 		t.Fatalf("the first: %d", status)
 	}
 	before := testutil.ToFloat64(requestsTotal.WithLabelValues("UNKNOWN", outcomeQueueFull.name))
 	r := signedRequest(t, "wh_full_2", []byte(`{}`), time.Now())
 	r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
 	w := httptest.NewRecorder()
-	err := h.ServeHTTP(w, r, &app{})
+	err := h.ServeHTTP(w, r, &nextApp{})
 	if statusOf(err) != http.StatusServiceUnavailable || w.Header().Get("Retry-After") != queueFullRetryAfter {
 		t.Fatalf("past max_pending: %v, Retry-After %q", err, w.Header().Get("Retry-After"))
 	}
@@ -271,12 +261,12 @@ func TestQueueDuplicates(t *testing.T) {
 	body := []byte(`{"type":"response.completed"}`)
 	ts := time.Now()
 	for range 3 {
-		if status := deliverRequest(t, h, signedRequest(t, "wh_twice", body, ts), &app{}); status != http.StatusOK {
+		if status := deliverRequest(t, h, signedRequest(t, "wh_twice", body, ts), &nextApp{}); status != http.StatusOK {
 			t.Fatalf("status %d", status)
 		}
 	}
 	backend.waitRequests(t, 1)
-	waitFor(t, "the queue to empty", func() bool {
+	webhooktest.WaitFor(t, "the queue to empty", func() bool {
 		c, _ := h.Queue.store.Counts(context.Background())
 		return c == (queue.Counts{})
 	})
@@ -348,10 +338,10 @@ func TestQueueStopSettlesFirst(t *testing.T) {
 	backend, to := newQueueApp(t)
 	backend.hold = make(chan struct{})
 	h := queueHandler(t, to, Queue{})
-	if status := deliverRequest(t, h, signedRequest(t, "wh_stop", []byte(`{}`), time.Now()), &app{}); status != http.StatusOK {
+	if status := deliverRequest(t, h, signedRequest(t, "wh_stop", []byte(`{}`), time.Now()), &nextApp{}); status != http.StatusOK {
 		t.Fatalf("queued: %d", status)
 	}
-	waitFor(t, "the attempt to reach the app", func() bool {
+	webhooktest.WaitFor(t, "the attempt to reach the app", func() bool {
 		got, _ := backend.requests()
 		return len(got) == 1
 	})
@@ -387,10 +377,10 @@ func TestQueueStopClosesConnections(t *testing.T) {
 	srv.Start()
 	t.Cleanup(srv.Close)
 	h := queueHandler(t, srv.URL, Queue{})
-	if status := deliverRequest(t, h, signedRequest(t, "wh_conn", []byte(`{}`), time.Now()), &app{}); status != http.StatusOK {
+	if status := deliverRequest(t, h, signedRequest(t, "wh_conn", []byte(`{}`), time.Now()), &nextApp{}); status != http.StatusOK {
 		t.Fatalf("queued: %d", status)
 	}
-	waitFor(t, "the delivery", func() bool {
+	webhooktest.WaitFor(t, "the delivery", func() bool {
 		c, err := h.Queue.store.Counts(context.Background())
 		return err == nil && c == (queue.Counts{})
 	})
@@ -400,7 +390,7 @@ func TestQueueStopClosesConnections(t *testing.T) {
 	if err := h.Queue.app.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the app to see its connections closed", func() bool { return closed.Load() == opened.Load() })
+	webhooktest.WaitFor(t, "the app to see its connections closed", func() bool { return closed.Load() == opened.Load() })
 }
 
 // TestQueueStartFails: a store that cannot be opened fails the config when
@@ -426,7 +416,7 @@ func TestQueueStoresBeforeStart(t *testing.T) {
 	backend, to := newQueueApp(t)
 	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}, Queue: &Queue{To: to,
 		StoreRaw: json.RawMessage(fmt.Sprintf(`{"backend":"file","path":%q}`, filepath.Join(t.TempDir(), "queue")))}})
-	if status := deliverRequest(t, h, signedRequest(t, "wh_early", []byte(`{}`), time.Now()), &app{}); status != http.StatusOK {
+	if status := deliverRequest(t, h, signedRequest(t, "wh_early", []byte(`{}`), time.Now()), &nextApp{}); status != http.StatusOK {
 		t.Fatalf("a delivery before the queue started: %d, want 200", status)
 	}
 	if err := h.Queue.app.Start(); err != nil {

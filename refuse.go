@@ -46,13 +46,16 @@ const (
 // settleBody makes sure an HTTP/1 sender that is still writing the body of
 // a refused request reads the answer. If the server closed the connection
 // with bytes of the body unread, the sender's kernel would get a reset and
-// might drop the answer with it. So what is left of the body is read and
-// discarded first, holding nothing, for at most maxDiscard bytes and
-// discardTime (and discardIdleFor without a byte); a body that ends within
-// those leaves the connection open, any other is closed after the answer.
-// The reading comes before the answer rather than after it, as a lingering
-// close does, because Caddy writes the answer (handle_errors) once the
-// handler has returned, and Go's server allows no read after that.
+// might drop the answer with it. Go's server already reads and discards up
+// to 256 KiB of an unread body when the answer's header is written, and
+// otherwise closes the connection after the answer, waiting 500 ms for the
+// sender to read it; its read is bounded only by the server's read timeout.
+// What settleBody adds is the range above that, up to maxDiscard bytes, and
+// bounds on time: discardTime in all, discardIdleFor without a byte. A body
+// that ends within those leaves the connection open; any other is closed
+// after the answer. Nothing read is held. The reading comes before the
+// answer, because Caddy writes it (handle_errors) once the handler has
+// returned, when Go's server allows no read but its own.
 //
 // HTTP/2 and HTTP/3 end a refused stream on their own, without touching the
 // connection.
@@ -117,30 +120,4 @@ func checkFraming(hdr http.Header) error {
 		}
 	}
 	return nil
-}
-
-// verdictOutcome names a refusal by the verifier.
-func verdictOutcome(err error) outcome {
-	switch {
-	case errors.Is(err, verifier.ErrTimestampTooOld), errors.Is(err, verifier.ErrTimestampTooNew):
-		return outcomeStale
-	case errors.Is(err, verifier.ErrNoMatchingSignature):
-		return outcomeBadSignature
-	default:
-		return outcomeMalformed
-	}
-}
-
-// readOutcome names a body that could not be buffered.
-func readOutcome(err error) outcome {
-	switch {
-	case errors.Is(err, errBodyTooLarge):
-		return outcomeTooLarge
-	case errors.Is(err, errOverloaded):
-		return outcomeOverloaded
-	case errors.Is(err, errBodyTimeout):
-		return outcomeBodyTimeout
-	default:
-		return outcomeUnreadableBody
-	}
 }

@@ -1,6 +1,8 @@
 package e2e_test
 
 import (
+	"github.com/webhookgate/caddy-openai-webhook/internal/webhooktest"
+
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -135,7 +137,7 @@ func TestAutomaticHTTPS(t *testing.T) {
 	// Caddy obtains the certificate in the background: wait until the
 	// handshake succeeds with it. This waits; the checks come after.
 	probe := newClient(false)
-	waitFor(t, "the certificate from Pebble", func() bool {
+	webhooktest.WaitFor(t, "the certificate from Pebble", func() bool {
 		resp, err := probe.Get(gw.url + "/")
 		if err != nil {
 			return false

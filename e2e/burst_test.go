@@ -1,6 +1,8 @@
 package e2e_test
 
 import (
+	"github.com/webhookgate/caddy-openai-webhook/internal/webhooktest"
+
 	"bytes"
 	"context"
 	"fmt"
@@ -54,7 +56,7 @@ func TestBurst(t *testing.T) {
 			// has processed every delivery answered 200.
 			var done map[string]int
 			var mangled []string
-			waitFor(t, "the app to process the burst", func() bool {
+			webhooktest.WaitFor(t, "the app to process the burst", func() bool {
 				done, mangled = processedIDs(appOut.String())
 				return !slices.ContainsFunc(ok, func(id string) bool { return done[id] == 0 })
 			})

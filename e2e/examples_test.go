@@ -1,6 +1,8 @@
 package e2e_test
 
 import (
+	"github.com/webhookgate/caddy-openai-webhook/internal/webhooktest"
+
 	"fmt"
 	"os/exec"
 	"path/filepath"
@@ -53,7 +55,7 @@ func TestExamples(t *testing.T) {
 			if code != 0 || out != "HTTP/1.1 200 OK\n" {
 				t.Fatalf("send: exit %d, %q", code, out)
 			}
-			waitFor(t, "the app to process the event", func() bool {
+			webhooktest.WaitFor(t, "the app to process the event", func() bool {
 				return strings.Contains(appOut.String(), "processed batch.completed evt_")
 			})
 			other, _ := e.command(t, "", "secret")
@@ -66,7 +68,7 @@ func TestExamples(t *testing.T) {
 			if out, code := e.command(t, "", "send", "--url", gw.url+"/hooks/openai", "--type", "batch.expired"); code != 0 {
 				t.Fatalf("send: exit %d, %q", code, out)
 			}
-			waitFor(t, "the app to process the second event", func() bool {
+			webhooktest.WaitFor(t, "the app to process the second event", func() bool {
 				return strings.Contains(appOut.String(), "processed batch.expired evt_")
 			})
 			if strings.Contains(appOut.String(), "response.completed") {

@@ -163,7 +163,7 @@ func TestFaultClientGoneDuringForward(t *testing.T) {
 	defer up.release(t, id) // the upstream's thread is still waiting
 	conn.Close()
 	// The handler logs, at DEBUG, that it leaves the id to its lease.
-	waitFor(t, "the gateway to see the hang-up", func() bool {
+	webhooktest.WaitFor(t, "the gateway to see the hang-up", func() bool {
 		return strings.Contains(gw.output.String(), "sender went away before the app answered")
 	})
 	for range 3 {
@@ -287,7 +287,7 @@ func TestReloadRotatesSecret(t *testing.T) {
 	type span struct{ start, end time.Time }
 	reloads := make([]span, len(configs)) // reloads[i]: when config i took over; reloads[0] is the start
 	waitDone := func(n int64) {
-		waitFor(t, fmt.Sprintf("%d answers", n), func() bool {
+		webhooktest.WaitFor(t, fmt.Sprintf("%d answers", n), func() bool {
 			return answered.Load() >= n
 		})
 	}
@@ -433,7 +433,7 @@ func TestReloadKeepsReplayMemory(t *testing.T) {
 	}{
 		{"a secret added", "secret {env.OPENAI_WEBHOOK_SECRET}\n\t\tsecret {env.OPENAI_WEBHOOK_SECRET_B}", secretB, second, []string{first}},
 		{"the first secret removed, tolerance changed", "secret {env.OPENAI_WEBHOOK_SECRET_B}\n\t\ttolerance 1m", secretB, "", []string{first, second}},
-		{"capacity shrunk to one", "secret {env.OPENAI_WEBHOOK_SECRET_B}\n\t\treplay_capacity 1", secretB, "", []string{second}},
+		{"capacity shrunk to one", "secret {env.OPENAI_WEBHOOK_SECRET_B}\n\t\treplay_store memory {\n\t\t\tcapacity 1\n\t\t}", secretB, "", []string{second}},
 	} {
 		gw.reload(t, e.ctx, config(step.handler))
 		for _, id := range step.duplicates {

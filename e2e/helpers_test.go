@@ -196,7 +196,7 @@ func (u *upstream) release(t *testing.T, name string) {
 func (u *upstream) waitRecorded(t *testing.T, id string) record {
 	t.Helper()
 	var found record
-	waitFor(t, "the upstream to record "+id, func() bool {
+	webhooktest.WaitFor(t, "the upstream to record "+id, func() bool {
 		for _, r := range u.received(t) {
 			if ids := r.header("webhook-id"); len(ids) == 1 && ids[0] == id {
 				found = r
@@ -582,7 +582,7 @@ func (c *caddyServer) outcomes(t *testing.T) map[string]float64 {
 // before times: it has finished with a request whose client is gone.
 func (c *caddyServer) waitOutcome(t *testing.T, outcome string, before map[string]float64) {
 	t.Helper()
-	waitFor(t, "the gateway to count a request as "+outcome, func() bool {
+	webhooktest.WaitFor(t, "the gateway to count a request as "+outcome, func() bool {
 		return c.outcomes(t)[outcome] > before[outcome]
 	})
 }
@@ -655,19 +655,6 @@ func launch(t *testing.T, cmd *exec.Cmd, name string) (*syncBuffer, <-chan struc
 		}
 	})
 	return output, exited
-}
-
-// waitFor polls cond until it holds. It waits for a state the test needs;
-// running out of waitBound means the state never came.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitBound)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s after %s", what, waitBound)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // syncBuffer is a bytes.Buffer safe for the goroutines that copy a

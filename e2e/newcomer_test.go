@@ -103,7 +103,7 @@ func TestFirstHour(t *testing.T) {
 	if resp.StatusCode != 401 {
 		t.Fatalf("an unsigned delivery to the demo: %d, want 401", resp.StatusCode)
 	}
-	waitFor(t, "the demo to log the refusal", func() bool {
+	webhooktest.WaitFor(t, "the demo to log the refusal", func() bool {
 		return strings.Contains(first.output.String(), `"msg":"webhook refused","status":401,"outcome":"malformed","reason":"missing or empty header: webhook-id"`)
 	})
 
@@ -157,7 +157,7 @@ func TestSecretWrittenIntoConfig(t *testing.T) {
 	const warning = "a secret is written into the config"
 	written := startCaddy(t, e, caddyConfig{UpstreamPort: upstream.port, Handler: "secret {env.OPENAI_WEBHOOK_SECRET}\n\t\tsecret " + secretB})
 	placeholder := startCaddy(t, e, caddyConfig{UpstreamPort: upstream.port})
-	waitFor(t, "the warning", func() bool { return strings.Contains(written.output.String(), warning) })
+	webhooktest.WaitFor(t, "the warning", func() bool { return strings.Contains(written.output.String(), warning) })
 	out := written.output.String()
 	if n := strings.Count(out, warning); n != 1 || !strings.Contains(out, `"field":"secrets[1]"`) {
 		t.Errorf("%d warnings, want one naming secrets[1]:\n%s", n, out)

@@ -64,7 +64,7 @@ func sendQueued(t *testing.T, gw *caddyServer, prefix string, n int) map[string]
 func waitDelivered(t *testing.T, up *upstream, sent map[string][]byte) map[string]int {
 	t.Helper()
 	var got map[string]int
-	waitFor(t, fmt.Sprintf("%d deliveries to reach the app", len(sent)), func() bool {
+	webhooktest.WaitFor(t, fmt.Sprintf("%d deliveries to reach the app", len(sent)), func() bool {
 		got = map[string]int{}
 		for _, r := range up.received(t) {
 			if ids := r.header("webhook-id"); len(ids) == 1 {
@@ -87,7 +87,7 @@ func TestQueueAppDownThenUp(t *testing.T) {
 	port := freeport.Get(t) // the app starts later
 	gw := startCaddy(t, e, queueConfig(port, ""))
 	sent := sendQueued(t, gw, "msg_queue_down", 20)
-	waitFor(t, "attempts to fail while the app is down", func() bool {
+	webhooktest.WaitFor(t, "attempts to fail while the app is down", func() bool {
 		for _, s := range gw.metrics(t, "caddy_openai_webhook_queue_attempts_total") {
 			if s.labels["outcome"] == "failed" && s.value > 0 {
 				return true
@@ -145,7 +145,7 @@ func TestQueueSurvivesSIGKILL(t *testing.T) {
 	}
 	// The app's answer to the one in flight never reached a gateway: the
 	// restarted one delivers it again.
-	waitFor(t, "the delivery in flight at the kill to be delivered again", func() bool {
+	webhooktest.WaitFor(t, "the delivery in flight at the kill to be delivered again", func() bool {
 		return waitDelivered(t, up, map[string][]byte{held: event(held)})[held] == 2
 	})
 }
@@ -212,7 +212,7 @@ func TestQueueDeadLettersByCLI(t *testing.T) {
 			Attempts  []struct{ Error string }
 		}
 	}
-	waitFor(t, "two dead letters", func() bool {
+	webhooktest.WaitFor(t, "two dead letters", func() bool {
 		out, code := e.command(t, "", append([]string{"queue", "dead"}, admin...)...)
 		if code != 0 {
 			t.Fatalf("queue dead: %s", out)
@@ -290,7 +290,7 @@ func TestQueueFleet(t *testing.T) {
 	a.kill(t)
 	up.release(t, held) // the app answers a gateway that is gone
 	sent[held] = event(held)
-	waitFor(t, "every delivery, and the one in flight at the kill again", func() bool {
+	webhooktest.WaitFor(t, "every delivery, and the one in flight at the kill again", func() bool {
 		return waitDelivered(t, up, sent)[held] == 2
 	})
 	for id, n := range waitDelivered(t, up, sent) {
@@ -305,7 +305,7 @@ func TestQueueFleet(t *testing.T) {
 			t.Errorf("the held delivery came as attempt %q, want 1 both times", got)
 		}
 	}
-	waitFor(t, "the queue to be empty", func() bool {
+	webhooktest.WaitFor(t, "the queue to be empty", func() bool {
 		for _, s := range b.metrics(t, "caddy_openai_webhook_queue_messages") {
 			if s.value != 0 {
 				return false

@@ -16,7 +16,6 @@ import (
 	"github.com/redis/rueidis"
 	"go.uber.org/zap"
 
-	"github.com/webhookgate/caddy-openai-webhook/internal/cfparse"
 	"github.com/webhookgate/caddy-openai-webhook/internal/redisconn"
 )
 
@@ -40,11 +39,6 @@ func init() {
 // scripts touch several keys, which a cluster would split.
 type Redis struct {
 	redisconn.Config
-
-	// KeyPrefix starts every key of the queue; instances with the same
-	// server, database and key_prefix share the queue. Default:
-	// "openai_webhook:queue:".
-	KeyPrefix string `json:"key_prefix,omitempty"`
 
 	keys     redisKeys
 	consumer string
@@ -90,13 +84,8 @@ var consumer = func() string {
 // field and never show a credential.
 func (q *Redis) Provision(ctx caddy.Context) error {
 	q.logger = ctx.Logger()
-	expanded, err := caddy.NewReplacer().ReplaceOrErr(q.KeyPrefix, true, true)
-	if err != nil {
-		return fmt.Errorf("key_prefix: %w", err)
-	}
-	q.KeyPrefix = expanded
-	if q.KeyPrefix == "" {
-		q.KeyPrefix = DefaultRedisKeyPrefix
+	if err := q.Config.Provision(DefaultRedisKeyPrefix); err != nil {
+		return err
 	}
 	p := q.KeyPrefix
 	q.keys = redisKeys{stream: p + "stream", messages: p + "messages", live: p + "live",
@@ -104,12 +93,7 @@ func (q *Redis) Provision(ctx caddy.Context) error {
 	if q.consumer == "" {
 		q.consumer = consumer
 	}
-	return q.Config.Provision()
-}
-
-// Cleanup releases the handler's share of the client.
-func (q *Redis) Cleanup() error {
-	return q.Config.Cleanup()
+	return nil
 }
 
 // Open implements Store.
@@ -589,30 +573,7 @@ func (q *Redis) Drop(ctx context.Context, id string) error {
 //		timeout    <duration>
 //	}
 func (q *Redis) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // consume the engine's name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for d.NextBlock(0) {
-		if ok, err := q.Config.UnmarshalOption(d); ok {
-			if err != nil {
-				return err
-			}
-			continue
-		}
-		name := d.Val()
-		switch name {
-		case "key_prefix":
-			v, err := cfparse.One(d)
-			if err != nil {
-				return d.Errf("%s: %v", name, err)
-			}
-			q.KeyPrefix = v
-		default:
-			return d.Errf("unrecognized redis queue store option %q", name)
-		}
-	}
-	return nil
+	return q.Config.UnmarshalBlock(d, "redis queue store", func(string) (bool, error) { return false, nil })
 }
 
 // Interface guards

@@ -117,8 +117,8 @@ func TestRedisQueuesApart(t *testing.T) {
 	ctx := context.Background()
 	const password = "pw-queue-5d1c"
 	srv := redistest.Start(t, redistest.Options{Password: password, Durable: true})
-	a, _ := openStore(t, &Redis{Config: redisconn.Config{Address: "redis://:" + password + "@" + srv.Addr + "/3"}, KeyPrefix: "a:"}, 10)
-	b, _ := openStore(t, &Redis{Config: redisconn.Config{Address: srv.Addr, Password: password, DB: 3}, KeyPrefix: "b:"}, 10)
+	a, _ := openStore(t, &Redis{Config: redisconn.Config{Address: "redis://:" + password + "@" + srv.Addr + "/3", KeyPrefix: "a:"}}, 10)
+	b, _ := openStore(t, &Redis{Config: redisconn.Config{Address: srv.Addr, Password: password, DB: 3, KeyPrefix: "b:"}}, 10)
 	if err := a.Enqueue(ctx, message("wh_a")); err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +143,7 @@ func TestRedisProvisionErrors(t *testing.T) {
 	}{
 		{"no address", Redis{}, "address: required"},
 		{"bad scheme", Redis{Config: redisconn.Config{Address: "http://:pw-scheme-1a2b@127.0.0.1:6379"}}, "address"},
-		{"unset key_prefix placeholder", Redis{Config: redisconn.Config{Address: "127.0.0.1:6379"}, KeyPrefix: "{env.QUEUETEST_UNSET}"}, "key_prefix"},
+		{"unset key_prefix placeholder", Redis{Config: redisconn.Config{Address: "127.0.0.1:6379", KeyPrefix: "{env.QUEUETEST_UNSET}"}}, "key_prefix"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})

@@ -12,6 +12,7 @@ import (
 // within openai_webhook's block. Syntax:
 //
 //	replay_store memory {
+//		capacity      <count>
 //		in_flight_ttl <duration>
 //	}
 func (m *Memory) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -23,6 +24,8 @@ func (m *Memory) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		name := d.Val()
 		var err error
 		switch name {
+		case "capacity":
+			m.Capacity, err = cfparse.With(d, cfparse.Count)
 		case "in_flight_ttl":
 			m.InFlightTTL, err = cfparse.With(d, cfparse.Duration)
 		default:
@@ -52,22 +55,8 @@ func (m *Memory) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		in_flight_ttl <duration>
 //	}
 func (r *Redis) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // consume the store's name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for d.NextBlock(0) {
-		if ok, err := r.Config.UnmarshalOption(d); ok {
-			if err != nil {
-				return err
-			}
-			continue
-		}
-		name := d.Val()
-		var err error
+	return r.Config.UnmarshalBlock(d, "redis replay store", func(name string) (known bool, err error) {
 		switch name {
-		case "key_prefix":
-			r.KeyPrefix, err = cfparse.One(d)
 		case "on_error":
 			r.OnError, err = cfparse.With(d, func(v string) (string, error) {
 				if v != "refuse" && v != "forward" {
@@ -78,13 +67,10 @@ func (r *Redis) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "in_flight_ttl":
 			r.InFlightTTL, err = cfparse.With(d, cfparse.Duration)
 		default:
-			return d.Errf("unrecognized redis replay store option %q", name)
+			return false, nil
 		}
-		if err != nil {
-			return d.Errf("%s: %v", name, err)
-		}
-	}
-	return nil
+		return true, err
+	})
 }
 
 // Interface guards

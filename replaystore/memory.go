@@ -10,28 +10,32 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/webhookgate/caddy-openai-webhook/internal/lograte"
-	"github.com/webhookgate/caddy-openai-webhook/internal/replay"
 )
 
 func init() {
 	caddy.RegisterModule(Memory{})
 }
 
-// Memory keeps the ids in the Caddy process: at most the handler's
-// replay_capacity delivered ids (about 64 bytes each), the oldest forgotten
-// first past it. The ids survive every config reload that keeps at least
+// Memory keeps the ids in the Caddy process: at most capacity delivered
+// ids (about 64 bytes each), the oldest forgotten first past it. The ids survive every config reload that keeps at least
 // one of the handler's secrets, whatever else changes; a handler that keeps
 // none of them starts empty, and handlers with a secret in common share
 // one memory. The ids do not survive a restart and are not shared with
 // other instances: use the redis store for those.
 type Memory struct {
+	// Capacity is the most delivered ids kept; past it the oldest is
+	// forgotten before its replay window ends (counted, and warned of at
+	// most once a minute). Each costs about 64 bytes, whatever the id's
+	// length. Default: 100000 (about 6.4 MB when full).
+	Capacity int `json:"capacity,omitempty"`
+
 	// InFlightTTL is how long a claimed id stays in flight when nobody
 	// settles it, e.g. because the sender hung up before the app answered
 	// (the app may still be working on it). Keep it above reverse_proxy's
 	// timeouts: a forward that outlives it loses its claim. Default: 1m.
 	InFlightTTL caddy.Duration `json:"in_flight_ttl,omitempty"`
 
-	ids       *replay.Memory
+	ids       *memoryIDs
 	scope     string // the handler's share of memories
 	evictions *lograte.Limiter
 	logger    *zap.Logger
@@ -40,15 +44,21 @@ type Memory struct {
 // CaddyModule returns the Caddy module information.
 func (Memory) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
-		ID:  "http.handlers.openai_webhook.replay_stores.memory",
+		ID:  "http.openai_webhook.replay_stores.memory",
 		New: func() caddy.Module { return new(Memory) },
 	}
 }
+
+// DefaultCapacity is the memory store's default capacity.
+const DefaultCapacity = 100_000
 
 // Provision sets the defaults.
 func (m *Memory) Provision(ctx caddy.Context) error {
 	m.logger = ctx.Logger()
 	m.evictions = &lograte.Limiter{Every: evictionLogEvery}
+	if m.Capacity == 0 {
+		m.Capacity = DefaultCapacity
+	}
 	if m.InFlightTTL == 0 {
 		m.InFlightTTL = caddy.Duration(DefaultInFlightTTL)
 	}
@@ -57,7 +67,10 @@ func (m *Memory) Provision(ctx caddy.Context) error {
 
 // Validate checks the settings.
 func (m *Memory) Validate() error {
-	if m.InFlightTTL <= 0 {
+	switch {
+	case m.Capacity < 1:
+		return fmt.Errorf("capacity: %d is not a positive number", m.Capacity)
+	case m.InFlightTTL <= 0:
 		return fmt.Errorf("in_flight_ttl: %v is not a positive duration", time.Duration(m.InFlightTTL))
 	}
 	return nil
@@ -66,7 +79,7 @@ func (m *Memory) Validate() error {
 // memories keeps the in-memory stores across config reloads, by scope.
 var memories = caddy.NewUsagePool()
 
-type sharedMemory struct{ *replay.Memory }
+type sharedMemory struct{ *memoryIDs }
 
 func (sharedMemory) Destruct() error { return nil }
 
@@ -105,15 +118,15 @@ func (m *Memory) Open(e Endpoint) error {
 	}
 	scope := resolveScope(e.Fingerprints)
 	shared, loaded, err := memories.LoadOrNew(scope, func() (caddy.Destructor, error) {
-		return sharedMemory{replay.NewMemory(e.Window, e.Capacity, time.Duration(m.InFlightTTL), nil)}, nil
+		return sharedMemory{newMemoryIDs(e.Window, m.Capacity, time.Duration(m.InFlightTTL), nil)}, nil
 	})
 	if err != nil {
 		return err
 	}
 	m.scope = scope
-	m.ids = shared.(sharedMemory).Memory
+	m.ids = shared.(sharedMemory).memoryIDs
 	if loaded {
-		m.ids.Reconfigure(e.Window, e.Capacity, time.Duration(m.InFlightTTL))
+		m.ids.Reconfigure(e.Window, m.Capacity, time.Duration(m.InFlightTTL))
 	}
 	return nil
 }
@@ -145,7 +158,7 @@ const evictionLogEvery = time.Minute
 func (m *Memory) Delivered(_ context.Context, id string, t Ticket) error {
 	if m.ids.Delivered(id, t) {
 		if suppressed, ok := m.evictions.Allow(time.Now()); ok {
-			m.logger.Warn("replay store full: delivered ids are forgotten before replay_window ends; raise replay_capacity",
+			m.logger.Warn("replay store full: delivered ids are forgotten before replay_window ends; raise the memory store's capacity",
 				zap.Int64("earlier_warnings_held_back", suppressed))
 		}
 	}

@@ -35,9 +35,6 @@ func init() {
 type Redis struct {
 	redisconn.Config
 
-	// KeyPrefix starts every key. Default: "openai_webhook:".
-	KeyPrefix string `json:"key_prefix,omitempty"`
-
 	// OnError says what happens to a delivery when Redis cannot answer
 	// within the timeout: "refuse" (the default) answers 503 with
 	// Retry-After, so the sender retries later and nothing is lost or
@@ -61,7 +58,7 @@ type Redis struct {
 // CaddyModule returns the Caddy module information.
 func (Redis) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
-		ID:  "http.handlers.openai_webhook.replay_stores.redis",
+		ID:  "http.openai_webhook.replay_stores.redis",
 		New: func() caddy.Module { return new(Redis) },
 	}
 }
@@ -73,14 +70,6 @@ const DefaultRedisKeyPrefix = "openai_webhook:"
 // of the client for this connection configuration. Its errors name the
 // field and never show a credential.
 func (r *Redis) Provision(caddy.Context) error {
-	expanded, err := caddy.NewReplacer().ReplaceOrErr(r.KeyPrefix, true, true)
-	if err != nil {
-		return fmt.Errorf("key_prefix: %w", err)
-	}
-	r.KeyPrefix = expanded
-	if r.KeyPrefix == "" {
-		r.KeyPrefix = DefaultRedisKeyPrefix
-	}
 	if r.OnError == "" {
 		r.OnError = "refuse"
 	}
@@ -91,7 +80,7 @@ func (r *Redis) Provision(caddy.Context) error {
 		return err
 	}
 	r.forward = r.OnError == "forward"
-	return r.Config.Provision()
+	return r.Config.Provision(DefaultRedisKeyPrefix)
 }
 
 // Validate checks the settings.
@@ -115,11 +104,6 @@ func (r *Redis) Open(e Endpoint) error {
 	r.leaseMS = strconv.FormatInt(max(time.Duration(r.InFlightTTL).Milliseconds(), 1), 10)
 	r.windowMS = strconv.FormatInt(max(e.Window.Milliseconds(), 1), 10)
 	return nil
-}
-
-// Cleanup releases the handler's share of the client.
-func (r *Redis) Cleanup() error {
-	return r.Config.Cleanup()
 }
 
 // The scripts. A claim's value is "f" and its ticket; a delivered id's is

@@ -35,10 +35,10 @@ func openRedis(t testing.TB, r *Redis, e Endpoint) *Redis {
 // endpoint is an endpoint with the given secrets' fingerprints (made up:
 // the store only compares them).
 func endpoint(window time.Duration, fingerprints ...string) Endpoint {
-	return Endpoint{Fingerprints: fingerprints, Window: window, Capacity: 1000}
+	return Endpoint{Fingerprints: fingerprints, Window: window}
 }
 
-func claim(t *testing.T, s Store, id string) (State, Ticket) {
+func claimID(t *testing.T, s Store, id string) (State, Ticket) {
 	t.Helper()
 	state, ticket, err := s.Claim(context.Background(), id)
 	if err != nil {
@@ -54,28 +54,28 @@ func TestRedisLifecycle(t *testing.T) {
 	s := openRedis(t, &Redis{Config: redisconn.Config{Address: srv.Addr}, InFlightTTL: caddy.Duration(300 * time.Millisecond)}, endpoint(time.Second, "fp-lifecycle"))
 	ctx := context.Background()
 
-	if state, _ := claim(t, s, "a"); state != Claimed {
+	if state, _ := claimID(t, s, "a"); state != Claimed {
 		t.Fatalf("a new id: %d, want Claimed", state)
 	}
-	if state, _ := claim(t, s, "a"); state != InFlight {
+	if state, _ := claimID(t, s, "a"); state != InFlight {
 		t.Fatalf("a claimed id: %d, want InFlight", state)
 	}
 	// The claim's lease ends by itself: a sender that hung up, or an
 	// instance that died.
 	time.Sleep(400 * time.Millisecond)
-	if state, _ := claim(t, s, "a"); state != Claimed {
+	if state, _ := claimID(t, s, "a"); state != Claimed {
 		t.Fatalf("after the lease: %d, want Claimed", state)
 	}
-	_, taken := claim(t, s, "b")
+	_, taken := claimID(t, s, "b")
 	if err := s.Release(ctx, "b", taken); err != nil {
 		t.Fatal(err)
 	}
-	if state, _ := claim(t, s, "b"); state != Claimed {
+	if state, _ := claimID(t, s, "b"); state != Claimed {
 		t.Fatalf("a released id: %d, want Claimed", state)
 	}
 
 	// Only the claim's holder settles it.
-	state, current := claim(t, s, "c")
+	state, current := claimID(t, s, "c")
 	if state != Claimed {
 		t.Fatal(state)
 	}
@@ -85,24 +85,24 @@ func TestRedisLifecycle(t *testing.T) {
 	if err := s.Release(ctx, "c", current+1); err != nil {
 		t.Fatal(err)
 	}
-	if state, _ := claim(t, s, "c"); state != InFlight {
+	if state, _ := claimID(t, s, "c"); state != InFlight {
 		t.Fatalf("after another ticket settled it: %d, want InFlight", state)
 	}
 	if err := s.Delivered(ctx, "c", current); err != nil {
 		t.Fatal(err)
 	}
-	if state, _ := claim(t, s, "c"); state != Delivered {
+	if state, _ := claimID(t, s, "c"); state != Delivered {
 		t.Fatalf("a delivered id: %d, want Delivered", state)
 	}
 	if err := s.Release(ctx, "c", current); err != nil {
 		t.Fatal(err)
 	}
-	if state, _ := claim(t, s, "c"); state != Delivered {
+	if state, _ := claimID(t, s, "c"); state != Delivered {
 		t.Fatalf("a delivered id released: %d, want Delivered", state)
 	}
 	// The window ends by itself.
 	time.Sleep(1100 * time.Millisecond)
-	if state, _ := claim(t, s, "c"); state != Claimed {
+	if state, _ := claimID(t, s, "c"); state != Claimed {
 		t.Fatalf("after the window: %d, want Claimed", state)
 	}
 }
@@ -154,18 +154,18 @@ func TestRedisScopeFollowsRotation(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	ctx := context.Background()
 	first := openRedis(t, &Redis{Config: redisconn.Config{Address: srv.Addr}}, endpoint(time.Minute, "fp-s1"))
-	_, ticket := claim(t, first, "wh_rotated")
+	_, ticket := claimID(t, first, "wh_rotated")
 	if err := first.Delivered(ctx, "wh_rotated", ticket); err != nil {
 		t.Fatal(err)
 	}
 	for _, fps := range [][]string{{"fp-s1", "fp-s2"}, {"fp-s2"}, {"fp-s2", "fp-s3"}, {"fp-s3"}} {
 		s := openRedis(t, &Redis{Config: redisconn.Config{Address: srv.Addr}}, endpoint(time.Minute, fps...))
-		if state, _ := claim(t, s, "wh_rotated"); state != Delivered {
+		if state, _ := claimID(t, s, "wh_rotated"); state != Delivered {
 			t.Fatalf("secrets %v: %d, want Delivered", fps, state)
 		}
 	}
 	other := openRedis(t, &Redis{Config: redisconn.Config{Address: srv.Addr}}, endpoint(time.Minute, "fp-other"))
-	if state, _ := claim(t, other, "wh_rotated"); state != Claimed {
+	if state, _ := claimID(t, other, "wh_rotated"); state != Claimed {
 		t.Fatalf("another endpoint: %d, want Claimed", state)
 	}
 	// No key holds more than a fingerprint and an id.
@@ -240,7 +240,7 @@ func TestRedisDown(t *testing.T) {
 			})
 		}
 		wg.Wait()
-		if state, _ := claim(t, s, id); state != Delivered {
+		if state, _ := claimID(t, s, id); state != Delivered {
 			t.Fatalf("with Redis back, a delivered id: %d", state)
 		}
 	}
@@ -275,7 +275,7 @@ func TestRedisAuthAndTLS(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := redistest.Start(t, tc.opts)
 			s := openRedis(t, tc.store(srv), endpoint(time.Minute, "fp-auth"))
-			if state, _ := claim(t, s, "wh_auth"); state != Claimed {
+			if state, _ := claimID(t, s, "wh_auth"); state != Claimed {
 				t.Fatalf("claim: %d", state)
 			}
 		})
@@ -343,7 +343,7 @@ func TestRedisProvisionErrors(t *testing.T) {
 func TestRedisClientShared(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	old := openRedis(t, &Redis{Config: redisconn.Config{Address: srv.Addr}}, endpoint(time.Minute, "fp-shared"))
-	claim(t, old, "wh_shared_1")
+	claimID(t, old, "wh_shared_1")
 	reloaded := openRedis(t, &Redis{Config: redisconn.Config{Address: srv.Addr}}, endpoint(time.Minute, "fp-shared"))
 	if !old.Shares(&reloaded.Config) {
 		t.Fatal("a reload with the same connection configuration made a new client")
@@ -351,7 +351,7 @@ func TestRedisClientShared(t *testing.T) {
 	if err := old.Cleanup(); err != nil {
 		t.Fatal(err)
 	}
-	if state, _ := claim(t, reloaded, "wh_shared_2"); state != Claimed {
+	if state, _ := claimID(t, reloaded, "wh_shared_2"); state != Claimed {
 		t.Fatalf("after the old config's cleanup: %d", state)
 	}
 }

@@ -1,6 +1,6 @@
 // Package replaystore defines where openai_webhook remembers the
 // webhook-ids of delivered requests, and provides two stores, as Caddy
-// modules in the namespace http.handlers.openai_webhook.replay_stores:
+// modules in the namespace http.openai_webhook.replay_stores:
 // memory (the default: one Caddy process, kept across config reloads) and
 // redis (shared by a fleet, kept across restarts). Another store is a
 // Caddy module in the same namespace implementing Store.
@@ -13,23 +13,21 @@ import (
 	"encoding/hex"
 	"errors"
 	"time"
-
-	"github.com/webhookgate/caddy-openai-webhook/internal/replay"
 )
 
 // State is what a store knows of an id when it is claimed.
-type State = replay.State
+type State int
 
 const (
 	// Claimed: the id was unknown, or its last claim's lease ended, and
 	// now belongs to the caller, who forwards the delivery and then
 	// calls Delivered or Release with the Ticket, or leaves the claim to
 	// end with its lease.
-	Claimed = replay.Claimed
+	Claimed State = iota
 	// InFlight: another claim on the id holds an unexpired lease.
-	InFlight = replay.InFlight
+	InFlight
 	// Delivered: the id was delivered within the replay window.
-	Delivered = replay.Delivered
+	Delivered
 	// Unchecked: the store could not tell (its error says why) and is
 	// configured to let the delivery through unchecked rather than refuse
 	// it. Nothing is to be settled.
@@ -39,7 +37,7 @@ const (
 // Ticket identifies one claim, so that only its holder settles it: a claim
 // whose lease ended may have been taken over by another request, on this
 // instance or another.
-type Ticket = replay.Ticket
+type Ticket uint64
 
 // Endpoint is what a store is told of the handler it serves.
 type Endpoint struct {
@@ -51,13 +49,10 @@ type Endpoint struct {
 	Fingerprints []string
 	// Window is how long a delivered id is remembered.
 	Window time.Duration
-	// Capacity is the most delivered ids a store that bounds them by
-	// number (memory) keeps; past it the oldest go first.
-	Capacity int
 }
 
 // Store is a replay store: a Caddy module in the namespace
-// http.handlers.openai_webhook.replay_stores. Only ids of verified
+// http.openai_webhook.replay_stores. Only ids of verified
 // deliveries reach it, so nobody without a signing secret can fill it. Its
 // methods are safe for concurrent use; the context of each call bounds it.
 type Store interface {

@@ -1,7 +1,7 @@
-// Command caddy is Caddy with the standard modules and openai_webhook, for
+// Command caddy is Caddy with the standard modules and this plugin, for
 // `go run ./cmd/caddy ...`: the ordinary caddy command (run, adapt,
-// list-modules, ...), plus `caddy openai-webhook` (demo, secret, sign,
-// send, verify).
+// list-modules, ...), plus the plugin's `caddy openai-webhook` (its
+// subcommands: `caddy openai-webhook --help`).
 package main
 
 import (

@@ -68,6 +68,12 @@ type Config struct {
 	// 500ms.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
+	// KeyPrefix starts every key the store writes; stores with the same
+	// server, database and key_prefix share what is kept there.
+	// Placeholders are expanded when the config loads. Default: the
+	// store's own ("openai_webhook:" for the replay store).
+	KeyPrefix string `json:"key_prefix,omitempty"`
+
 	client    *sharedClient
 	clientKey string // the share of clients held
 	endpoint  string // host:port/db, without credentials
@@ -80,17 +86,18 @@ const DefaultTimeout = 500 * time.Millisecond
 // calls to send with the next.
 const flushDelay = 200 * time.Microsecond
 
-// Provision expands the placeholders, sets the defaults, checks the
-// settings and takes a share of the client for this connection
-// configuration. Its errors name the field and never show a credential.
-func (c *Config) Provision() error {
+// Provision expands the placeholders, sets the defaults (defaultKeyPrefix
+// for key_prefix), checks the settings and takes a share of the client for
+// this connection configuration. Its errors name the field and never show
+// a credential.
+func (c *Config) Provision(defaultKeyPrefix string) error {
 	repl := caddy.NewReplacer()
 	for _, f := range []struct {
 		name  string
 		value *string
 	}{
 		{"address", &c.Address}, {"username", &c.Username}, {"password", &c.Password},
-		{"tls_ca", &c.TLSCA}, {"tls_server_name", &c.TLSServerName},
+		{"tls_ca", &c.TLSCA}, {"tls_server_name", &c.TLSServerName}, {"key_prefix", &c.KeyPrefix},
 	} {
 		expanded, err := repl.ReplaceOrErr(*f.value, true, true)
 		if err != nil {
@@ -100,6 +107,9 @@ func (c *Config) Provision() error {
 	}
 	if c.Timeout == 0 {
 		c.Timeout = caddy.Duration(DefaultTimeout)
+	}
+	if c.KeyPrefix == "" {
+		c.KeyPrefix = defaultKeyPrefix
 	}
 	switch {
 	case c.Address == "":
@@ -168,9 +178,37 @@ func (c *Config) Exec(ctx context.Context, script *rueidis.Lua, keys, args []str
 	return script.Exec(ctx, client, keys, args)
 }
 
-// UnmarshalOption reads the connection option the dispenser is at, if it
+// UnmarshalBlock reads a Redis store's Caddyfile block, `<name> { ... }`:
+// the options above, and the store's own, which option reads from d,
+// reporting false for one it does not know. kind names the store in the
+// error for an unknown option.
+func (c *Config) UnmarshalBlock(d *caddyfile.Dispenser, kind string, option func(name string) (known bool, err error)) error {
+	d.Next() // consume the store's name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		if ok, err := c.unmarshalOption(d); ok {
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		name := d.Val()
+		known, err := option(name)
+		if !known {
+			return d.Errf("unrecognized %s option %q", kind, name)
+		}
+		if err != nil {
+			return d.Errf("%s: %v", name, err)
+		}
+	}
+	return nil
+}
+
+// unmarshalOption reads the connection option the dispenser is at, if it
 // is one, and reports whether it was.
-func (c *Config) UnmarshalOption(d *caddyfile.Dispenser) (bool, error) {
+func (c *Config) unmarshalOption(d *caddyfile.Dispenser) (bool, error) {
 	name := d.Val()
 	var err error
 	switch name {
@@ -197,6 +235,8 @@ func (c *Config) UnmarshalOption(d *caddyfile.Dispenser) (bool, error) {
 		c.TLSServerName, err = cfparse.One(d)
 	case "timeout":
 		c.Timeout, err = cfparse.With(d, cfparse.Duration)
+	case "key_prefix":
+		c.KeyPrefix, err = cfparse.One(d)
 	default:
 		return false, nil
 	}

@@ -78,3 +78,19 @@ func Headers(t testing.TB, secret, id string, ts time.Time, body []byte) http.He
 	h.Set("webhook-signature", Sign(t, secret, id, ts, body))
 	return h
 }
+
+// WaitBound bounds how long WaitFor waits; running out of it means the
+// state never came (none of the tests' waits is an assertion on time).
+const WaitBound = time.Minute
+
+// WaitFor polls cond until it holds: a test waits for a state it needs
+// (a process's log line, a queue emptied), and fails after WaitBound
+// without it.
+func WaitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(WaitBound); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s after %s", what, WaitBound)
+		}
+	}
+}

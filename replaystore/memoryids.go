@@ -1,7 +1,4 @@
-// Package replay remembers the webhook-ids of verified deliveries, so a
-// captured delivery replayed within its freshness window, or a delivery the
-// sender repeats, reaches the app only once.
-package replay
+package replaystore
 
 import (
 	"hash/maphash"
@@ -9,25 +6,7 @@ import (
 	"time"
 )
 
-// State is what a Store knows of an id when it is claimed.
-type State int
-
-const (
-	// Claimed: the id was unknown and now belongs to the caller, who
-	// forwards the delivery and then calls Delivered or Release with the
-	// Ticket, or leaves the claim to end with its lease.
-	Claimed State = iota
-	// InFlight: another claim on this id holds an unexpired lease.
-	InFlight
-	// Delivered: the id was delivered within the retention window.
-	Delivered
-)
-
-// Ticket identifies one claim, so that only its holder settles it: a claim
-// whose lease ended may have been taken over by another request.
-type Ticket uint64
-
-// Memory is an in-process Store. Delivered ids are kept for a fixed window,
+// memoryIDs is the ids of the memory store. Delivered ids are kept for a fixed window,
 // in a FIFO that is also their expiry order; past its capacity the oldest
 // is evicted early. Claims are not counted against the capacity: they are
 // bounded by the requests being forwarded and, for claims left to their
@@ -36,7 +15,7 @@ type Ticket uint64
 // Ids are stored as 128-bit keyed hashes in pointer-free structures, so the
 // garbage collector never scans the store, and an entry costs the same
 // whatever the id's length.
-type Memory struct {
+type memoryIDs struct {
 	window   time.Duration
 	capacity int
 	lease    time.Duration
@@ -46,7 +25,7 @@ type Memory struct {
 	mu sync.Mutex
 	// delivered maps an id's digest to the Unix nanosecond of its delivery.
 	delivered map[digest]int64
-	fifo      []delivery // delivered ids, oldest first, from fifo[head]
+	fifo      []deliveredID // delivered ids, oldest first, from fifo[head]
 	head      int
 	// claims maps the digest of an id being forwarded to its claim.
 	claims map[digest]claim
@@ -62,7 +41,7 @@ type Memory struct {
 // verified ids reach the store, so nobody can search for collisions.
 type digest [2]uint64
 
-type delivery struct {
+type deliveredID struct {
 	id digest
 	at int64
 }
@@ -76,18 +55,18 @@ type claim struct {
 // swept: so few cost nothing to keep.
 const minSweep = 64
 
-func (m *Memory) digestOf(id string) digest {
+func (m *memoryIDs) digestOf(id string) digest {
 	return digest{maphash.String(m.seeds[0], id), maphash.String(m.seeds[1], id)}
 }
 
-// NewMemory returns a Memory keeping delivered ids for window, at most
-// capacity of them, and claims for at most lease each. now may be nil
+// newMemoryIDs returns a memoryIDs keeping delivered ids for window, at
+// most capacity of them, and claims for at most lease each. now may be nil
 // (time.Now).
-func NewMemory(window time.Duration, capacity int, lease time.Duration, now func() time.Time) *Memory {
+func newMemoryIDs(window time.Duration, capacity int, lease time.Duration, now func() time.Time) *memoryIDs {
 	if now == nil {
 		now = time.Now
 	}
-	return &Memory{
+	return &memoryIDs{
 		window: window, capacity: capacity, lease: lease, now: now,
 		seeds:     [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
 		delivered: make(map[digest]int64),
@@ -99,7 +78,7 @@ func NewMemory(window time.Duration, capacity int, lease time.Duration, now func
 // Reconfigure sets a new window, capacity and lease, keeping the ids: a
 // smaller capacity forgets the oldest delivered ids now, a shorter window
 // at the next claim; leases already given keep their end.
-func (m *Memory) Reconfigure(window time.Duration, capacity int, lease time.Duration) {
+func (m *memoryIDs) Reconfigure(window time.Duration, capacity int, lease time.Duration) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.window, m.capacity, m.lease = window, capacity, lease
@@ -111,7 +90,7 @@ func (m *Memory) Reconfigure(window time.Duration, capacity int, lease time.Dura
 
 // Claim reports the id's state, claiming it if it is unknown or its last
 // claim's lease ended.
-func (m *Memory) Claim(id string) (State, Ticket) {
+func (m *memoryIDs) Claim(id string) (State, Ticket) {
 	d := m.digestOf(id)
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -134,7 +113,7 @@ func (m *Memory) Claim(id string) (State, Ticket) {
 // Delivered records the claim's id as delivered, if t is still the
 // claim's ticket, and reports whether that made the store forget an older
 // id before its window ended.
-func (m *Memory) Delivered(id string, t Ticket) (evictedEarly bool) {
+func (m *memoryIDs) Delivered(id string, t Ticket) (evictedEarly bool) {
 	d := m.digestOf(id)
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -143,7 +122,7 @@ func (m *Memory) Delivered(id string, t Ticket) (evictedEarly bool) {
 	}
 	at := m.now().UnixNano()
 	m.delivered[d] = at
-	m.fifo = append(m.fifo, delivery{id: d, at: at})
+	m.fifo = append(m.fifo, deliveredID{id: d, at: at})
 	m.expire(at) // what expired is not forgotten early
 	for len(m.fifo)-m.head > m.capacity {
 		m.dropOldest()
@@ -155,7 +134,7 @@ func (m *Memory) Delivered(id string, t Ticket) (evictedEarly bool) {
 
 // Release ends the claim, if t is still its ticket: its delivery did not
 // reach the app, so the sender's retry is forwarded.
-func (m *Memory) Release(id string, t Ticket) {
+func (m *memoryIDs) Release(id string, t Ticket) {
 	d := m.digestOf(id)
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -163,7 +142,7 @@ func (m *Memory) Release(id string, t Ticket) {
 }
 
 // settle ends the claim on d if t is its ticket, and reports whether it was.
-func (m *Memory) settle(d digest, t Ticket) bool {
+func (m *memoryIDs) settle(d digest, t Ticket) bool {
 	if c, ok := m.claims[d]; !ok || c.ticket != t {
 		return false
 	}
@@ -173,14 +152,14 @@ func (m *Memory) settle(d digest, t Ticket) bool {
 
 // Stats reports the ids held (delivered and claimed) and how many were
 // evicted before their window ended.
-func (m *Memory) Stats() (held int, evictedEarly uint64) {
+func (m *memoryIDs) Stats() (held int, evictedEarly uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return len(m.delivered) + len(m.claims), m.evicted
 }
 
 // expire drops delivered ids whose window has passed.
-func (m *Memory) expire(now int64) {
+func (m *memoryIDs) expire(now int64) {
 	for m.head < len(m.fifo) && now-m.fifo[m.head].at >= int64(m.window) {
 		m.dropOldest()
 	}
@@ -190,7 +169,7 @@ func (m *Memory) expire(now int64) {
 // sender hung up). The next sweep comes when the claims left have doubled,
 // so sweeping costs a constant amount per claim, or a lease from now, so
 // no ended lease is kept much longer than another lease.
-func (m *Memory) sweep(now int64) {
+func (m *memoryIDs) sweep(now int64) {
 	for d, c := range m.claims {
 		if now >= c.until {
 			delete(m.claims, d)
@@ -202,7 +181,7 @@ func (m *Memory) sweep(now int64) {
 
 // dropOldest forgets the oldest delivered id, and compacts the FIFO once
 // its dropped prefix is as long as what it holds.
-func (m *Memory) dropOldest() {
+func (m *memoryIDs) dropOldest() {
 	oldest := m.fifo[m.head]
 	if m.delivered[oldest.id] == oldest.at {
 		delete(m.delivered, oldest.id)

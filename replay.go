@@ -11,14 +11,10 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/webhookgate/caddy-openai-webhook/internal/guest"
 	"github.com/webhookgate/caddy-openai-webhook/internal/verifier"
 	"github.com/webhookgate/caddy-openai-webhook/replaystore"
 )
-
-// DefaultReplayCapacity bounds the delivered ids the memory store keeps:
-// about 64 bytes each whatever the id's length (see
-// BenchmarkMemoryBytesPerEntry), so about 6.4 MB when full.
-const DefaultReplayCapacity = 100_000
 
 // provisionReplay loads the handler's replay store, unless replay refusal
 // is off, and binds it to the handler's secrets.
@@ -31,21 +27,11 @@ func (h *Handler) provisionReplay(ctx caddy.Context, keys [][]byte) error {
 		h.logger.Warn("replay_window is shorter than twice the tolerance plus one second: a captured delivery can be replayed once its id is forgotten",
 			zap.Duration("replay_window", window), zap.Duration("tolerance", time.Duration(h.Tolerance)))
 	}
-	var mod any
-	var err error
-	if h.ReplayStoreRaw == nil {
-		mod, err = ctx.LoadModuleByID("http.handlers.openai_webhook.replay_stores.memory", nil)
-	} else {
-		mod, err = ctx.LoadModule(h, "ReplayStoreRaw")
-	}
+	store, err := guest.Load[replaystore.Store](ctx, h, "ReplayStoreRaw", h.ReplayStoreRaw, "http.openai_webhook.replay_stores.memory")
 	if err != nil {
 		return fmt.Errorf("replay_store: %w", err)
 	}
-	store, ok := mod.(replaystore.Store)
-	if !ok {
-		return fmt.Errorf("replay_store: module %T is not a replaystore.Store", mod)
-	}
-	e := replaystore.Endpoint{Window: window, Capacity: h.ReplayCapacity}
+	e := replaystore.Endpoint{Window: window}
 	for _, k := range keys {
 		e.Fingerprints = append(e.Fingerprints, replaystore.Fingerprint(k))
 	}
@@ -78,7 +64,7 @@ func (h *Handler) claimID(w http.ResponseWriter, r *http.Request, d delivery) (c
 	hdr, server := d.hdr, d.server
 	state, ticket, err := h.replay.Claim(r.Context(), hdr.ID)
 	if err != nil {
-		h.storeFailed(server, "claim", err)
+		h.countStoreError(server, "claim", err)
 		if state != replaystore.Unchecked {
 			w.Header().Set("Retry-After", storeRetryAfter)
 			return c, true, h.refuse(w, r, outcomeStoreUnavailable, errStoreUnavailable, hdr.ID)
@@ -89,8 +75,7 @@ func (h *Handler) claimID(w http.ResponseWriter, r *http.Request, d delivery) (c
 	case replaystore.Delivered:
 		requestsTotal.WithLabelValues(server, outcomeDuplicate.name).Inc()
 		h.logger.Debug("duplicate delivery answered without forwarding", zap.String("webhook_id", hdr.ID))
-		w.Header().Set("Content-Length", "0")
-		w.WriteHeader(http.StatusOK)
+		answerEmpty(w)
 		return c, true, nil
 	case replaystore.InFlight:
 		return c, true, h.refuse(w, r, outcomeInFlight, errInFlight, hdr.ID)
@@ -100,7 +85,7 @@ func (h *Handler) claimID(w http.ResponseWriter, r *http.Request, d delivery) (c
 	// at this moment was fresh when the store looked for its id, and the
 	// store keeps every delivered id until a replay of it cannot be.
 	if err := h.verifier.CheckTimestamp(hdr.Timestamp); err != nil {
-		h.settle(server, "release", h.replay.Release(c.ctx, hdr.ID, ticket))
+		h.countStoreError(server, "release", h.replay.Release(c.ctx, hdr.ID, ticket))
 		return c, true, h.refuse(w, r, verdictOutcome(err), err, hdr.ID)
 	}
 	return c, false, nil
@@ -129,7 +114,7 @@ func (h *Handler) forwardOnce(w http.ResponseWriter, r *http.Request, next caddy
 	rec := caddyhttp.NewResponseRecorder(w, nil, func(status int, _ http.Header) bool {
 		if status >= 200 && status < 300 && !settled {
 			settled = true
-			h.settle(server, "delivered", h.replay.Delivered(settleCtx, hdr.ID, ticket))
+			h.countStoreError(server, "delivered", h.replay.Delivered(settleCtx, hdr.ID, ticket))
 		}
 		return false // never buffer: the answer streams through
 	})
@@ -140,12 +125,12 @@ func (h *Handler) forwardOnce(w http.ResponseWriter, r *http.Request, next caddy
 		switch {
 		case settled:
 		case rec.Status() == 0 && returned && err == nil: // nothing written: Go's server answers 200 once this returns
-			h.settle(server, "delivered", h.replay.Delivered(settleCtx, hdr.ID, ticket))
+			h.countStoreError(server, "delivered", h.replay.Delivered(settleCtx, hdr.ID, ticket))
 		case r.Context().Err() != nil:
 			h.logger.Debug("sender went away before the app answered: the id stays in flight until its lease ends",
 				zap.String("webhook_id", hdr.ID))
 		default:
-			h.settle(server, "release", h.replay.Release(settleCtx, hdr.ID, ticket))
+			h.countStoreError(server, "release", h.replay.Release(settleCtx, hdr.ID, ticket))
 		}
 	}()
 	err = next.ServeHTTP(rec, r)
@@ -164,9 +149,9 @@ func (h *Handler) queueOnce(w http.ResponseWriter, r *http.Request, body *buffer
 	stored, err := h.Queue.enqueue(w, r, h, body, d)
 	if c.checked {
 		if stored {
-			h.settle(d.server, "delivered", h.replay.Delivered(c.ctx, d.hdr.ID, c.ticket))
+			h.countStoreError(d.server, "delivered", h.replay.Delivered(c.ctx, d.hdr.ID, c.ticket))
 		} else {
-			h.settle(d.server, "release", h.replay.Release(c.ctx, d.hdr.ID, c.ticket))
+			h.countStoreError(d.server, "release", h.replay.Release(c.ctx, d.hdr.ID, c.ticket))
 		}
 	}
 	return err
@@ -197,17 +182,13 @@ var (
 	errStoreUnavailable = errors.New("the replay store could not tell whether this webhook-id was delivered")
 )
 
-// settle notes a store's failure to settle a claim: the claim then ends
-// with its lease.
-func (h *Handler) settle(server, operation string, err error) {
-	if err != nil {
-		h.storeFailed(server, operation, err)
+// countStoreError counts a failed store operation and logs it, at most
+// once a storeErrorLogEvery; it does nothing for a nil err. A claim whose
+// settling failed ends with its lease.
+func (h *Handler) countStoreError(server, operation string, err error) {
+	if err == nil {
+		return
 	}
-}
-
-// storeFailed counts a failed store operation and logs it, at most once a
-// storeErrorLogEvery.
-func (h *Handler) storeFailed(server, operation string, err error) {
 	replayStoreErrors.WithLabelValues(server, operation).Inc()
 	if suppressed, ok := h.storeErrors.Allow(time.Now()); ok {
 		h.logger.Error("replay store failed", zap.String("operation", operation), zap.Error(err),

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -53,39 +54,24 @@ func deliverSigned(t *testing.T, ctx context.Context, h *Handler, secret, id str
 	}
 }
 
-// app answers every request with status and counts calls.
-type app struct {
-	status int
-	calls  int
-	err    error
-}
-
-func (a *app) ServeHTTP(w http.ResponseWriter, _ *http.Request) error {
-	a.calls++
-	if a.status != 0 {
-		w.WriteHeader(a.status)
-	}
-	return a.err
-}
-
 func TestReplayRefusal(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
-		first     app // what the app does with the first delivery
+		first     nextApp // what the app does with the first delivery
 		wantFirst int
 		second    int // status of a second delivery with the same id
 		reaches   int // deliveries that reached the app in all
 	}{
-		{name: "delivered, then duplicate", first: app{status: 200}, wantFirst: 200, second: 200, reaches: 1},
-		{name: "204 counts as delivered", first: app{status: 204}, wantFirst: 204, second: 200, reaches: 1},
-		{name: "app 500, retry forwarded", first: app{status: 500}, wantFirst: 500, second: 200, reaches: 2},
-		{name: "app 404, retry forwarded", first: app{status: 404}, wantFirst: 404, second: 200, reaches: 2},
-		{name: "proxy error, retry forwarded", first: app{err: caddyhttp.Error(502, errors.New("dial refused"))}, wantFirst: 502, second: 200, reaches: 2},
+		{name: "delivered, then duplicate", first: nextApp{status: 200}, wantFirst: 200, second: 200, reaches: 1},
+		{name: "204 counts as delivered", first: nextApp{status: 204}, wantFirst: 204, second: 200, reaches: 1},
+		{name: "app 500, retry forwarded", first: nextApp{status: 500}, wantFirst: 500, second: 200, reaches: 2},
+		{name: "app 404, retry forwarded", first: nextApp{status: 404}, wantFirst: 404, second: 200, reaches: 2},
+		{name: "proxy error, retry forwarded", first: nextApp{err: caddyhttp.Error(502, errors.New("dial refused"))}, wantFirst: 502, second: 200, reaches: 2},
 		// reverse_proxy reports an answer the app cut short as an error,
 		// after the status went out: the app said 2xx, so it has the event.
-		{name: "2xx cut short", first: app{status: 200, err: errors.New("reading from upstream: unexpected EOF")}, wantFirst: 200, second: 200, reaches: 1},
-		{name: "204 cut short", first: app{status: 204, err: errors.New("reading from upstream: unexpected EOF")}, wantFirst: 204, second: 200, reaches: 1},
-		{name: "500 cut short", first: app{status: 500, err: errors.New("reading from upstream: unexpected EOF")}, wantFirst: 500, second: 200, reaches: 2},
+		{name: "2xx cut short", first: nextApp{status: 200, err: errors.New("reading from upstream: unexpected EOF")}, wantFirst: 200, second: 200, reaches: 1},
+		{name: "204 cut short", first: nextApp{status: 204, err: errors.New("reading from upstream: unexpected EOF")}, wantFirst: 204, second: 200, reaches: 1},
+		{name: "500 cut short", first: nextApp{status: 500, err: errors.New("reading from upstream: unexpected EOF")}, wantFirst: 500, second: 200, reaches: 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}})
@@ -94,7 +80,7 @@ func TestReplayRefusal(t *testing.T) {
 			if got := deliver(t, h, id, &first); got != tc.wantFirst {
 				t.Fatalf("first delivery: %d, want %d", got, tc.wantFirst)
 			}
-			retry := &app{status: 200}
+			retry := &nextApp{status: 200}
 			if got := deliver(t, h, id, retry); got != tc.second {
 				t.Fatalf("second delivery: %d, want %d", got, tc.second)
 			}
@@ -121,7 +107,7 @@ func TestReplayInFlightGets409(t *testing.T) {
 	case <-time.After(waitBound):
 		t.Fatal("the first delivery never reached the app")
 	}
-	never := &app{status: 200}
+	never := &nextApp{status: 200}
 	if got := deliver(t, h, "wh_inflight", never); got != http.StatusConflict || never.calls != 0 {
 		t.Fatalf("concurrent duplicate: %d with %d calls, want 409 and none", got, never.calls)
 	}
@@ -144,7 +130,7 @@ func TestReplayInFlightGets409(t *testing.T) {
 // a duplicate, not a 409 for a claim still being settled.
 func TestReplayDeliveredBeforeTheSenderSeesIt(t *testing.T) {
 	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}})
-	never := &app{status: 200}
+	never := &nextApp{status: 200}
 	var again int
 	first := caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
 		w.WriteHeader(http.StatusAccepted) // the sender has its answer now
@@ -159,9 +145,6 @@ func TestReplayDeliveredBeforeTheSenderSeesIt(t *testing.T) {
 	}
 }
 
-// waitBound bounds a test's wait for another goroutine; it asserts nothing.
-const waitBound = time.Minute
-
 // TestReplaySenderGoneKeepsLease: when the sender hangs up before the app
 // answered, the app may still be working on the delivery, so the id stays
 // in flight (the sender's retry gets 409) until its lease ends.
@@ -174,7 +157,7 @@ func TestReplaySenderGoneKeepsLease(t *testing.T) {
 		return caddyhttp.Error(499, r.Context().Err()) // as reverse_proxy reports it
 	})
 	deliverWithin(t, ctx, h, "wh_gone", abandoned)
-	retry := &app{status: 200}
+	retry := &nextApp{status: 200}
 	if got := deliver(t, h, "wh_gone", retry); got != http.StatusConflict || retry.calls != 0 {
 		t.Fatalf("a retry right after the sender hung up: %d with %d calls, want 409 and none", got, retry.calls)
 	}
@@ -187,7 +170,7 @@ func TestReplayOnlyVerifiedIDsAreRecorded(t *testing.T) {
 	if _, err := serve(h, forged); statusOf(err) != 401 {
 		t.Fatalf("forged: %v", err)
 	}
-	genuine := &app{status: 200}
+	genuine := &nextApp{status: 200}
 	if got := deliver(t, h, "wh_victim", genuine); got != 200 || genuine.calls != 1 {
 		t.Fatalf("genuine delivery after a forged one with its id: %d, %d calls", got, genuine.calls)
 	}
@@ -195,7 +178,7 @@ func TestReplayOnlyVerifiedIDsAreRecorded(t *testing.T) {
 
 func TestReplayWindowOff(t *testing.T) {
 	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}, ReplayWindow: -1})
-	a := &app{status: 200}
+	a := &nextApp{status: 200}
 	for range 2 {
 		deliver(t, h, "wh_off", a)
 	}
@@ -235,7 +218,7 @@ func TestReplayMemoryAcrossReloads(t *testing.T) {
 	s1, s2, s3 := secretOf(1), secretOf(2), secretOf(3)
 	isDuplicate := func(h *Handler, secret, id string) bool {
 		t.Helper()
-		a := &app{status: 200}
+		a := &nextApp{status: 200}
 		if got := deliverSigned(t, context.Background(), h, secret, id, a); got != 200 {
 			t.Fatalf("%s: status %d", id, got)
 		}
@@ -255,7 +238,7 @@ func TestReplayMemoryAcrossReloads(t *testing.T) {
 			signWith: s2, duplicate: []string{"wh_b"}, deliver: []string{"wh_c"}},
 		{name: "replay_window changed", handler: Handler{Secrets: []string{s2}, ReplayWindow: caddy.Duration(time.Hour)},
 			signWith: s2, duplicate: []string{"wh_a"}},
-		{name: "capacity shrunk to the newest 2", handler: Handler{Secrets: []string{s2}, ReplayCapacity: 2},
+		{name: "capacity shrunk to the newest 2", handler: Handler{Secrets: []string{s2}, ReplayStoreRaw: json.RawMessage(`{"backend":"memory","capacity":2}`)},
 			signWith: s2, duplicate: []string{"wh_b", "wh_c"}, forwarded: []string{"wh_a"}},
 		{name: "no secret kept", handler: Handler{Secrets: []string{s3}}, signWith: s3, forwarded: []string{"wh_b", "wh_c"}},
 	}
@@ -291,7 +274,7 @@ func TestReplayMemoryPerEndpoint(t *testing.T) {
 	a, b := Handler{Secrets: []string{secretOf(4)}}, Handler{Secrets: []string{secretOf(5)}}
 	reload(t, &a)
 	reload(t, &b)
-	first, second := &app{status: 200}, &app{status: 200}
+	first, second := &nextApp{status: 200}, &nextApp{status: 200}
 	deliverSigned(t, context.Background(), &a, secretOf(4), "wh_same", first)
 	deliverSigned(t, context.Background(), &b, secretOf(5), "wh_same", second)
 	if first.calls != 1 || second.calls != 1 {

@@ -1,4 +1,4 @@
-package replay
+package replaystore
 
 import (
 	"fmt"
@@ -13,7 +13,7 @@ func (c *clock) now() time.Time { return c.t }
 
 func TestMemoryLifecycle(t *testing.T) {
 	c := &clock{t: time.Unix(1_750_000_000, 0)}
-	m := NewMemory(10*time.Minute, 3, time.Minute, c.now)
+	m := newMemoryIDs(10*time.Minute, 3, time.Minute, c.now)
 	tickets := map[string]Ticket{} // the last claim of each id
 	steps := []struct {
 		do      string // claim, deliver, release, advance, settle-stale
@@ -75,7 +75,7 @@ func TestMemoryLifecycle(t *testing.T) {
 
 func TestMemoryEvictsOldestPastCapacity(t *testing.T) {
 	c := &clock{t: time.Unix(1_750_000_000, 0)}
-	m := NewMemory(time.Hour, 3, time.Minute, c.now)
+	m := newMemoryIDs(time.Hour, 3, time.Minute, c.now)
 	for i := range 5 {
 		id := fmt.Sprint("id", i)
 		_, ticket := m.Claim(id)
@@ -98,7 +98,7 @@ func TestMemoryEvictsOldestPastCapacity(t *testing.T) {
 // their lease.
 func TestMemoryForgetsAbandonedClaims(t *testing.T) {
 	c := &clock{t: time.Unix(1_750_000_000, 0)}
-	m := NewMemory(time.Hour, 10, time.Minute, c.now)
+	m := newMemoryIDs(time.Hour, 10, time.Minute, c.now)
 	for i := range 100_000 {
 		m.Claim(fmt.Sprint("abandoned", i))
 		c.t = c.t.Add(time.Millisecond) // 60,000 claims a lease
@@ -125,7 +125,7 @@ func BenchmarkMemoryBytesPerEntry(b *testing.B) {
 		var before, after runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&before)
-		m := NewMemory(time.Hour, n, time.Minute, nil)
+		m := newMemoryIDs(time.Hour, n, time.Minute, nil)
 		for _, id := range ids {
 			_, ticket := m.Claim(id)
 			m.Delivered(id, ticket)
@@ -141,7 +141,7 @@ func BenchmarkMemoryBytesPerEntry(b *testing.B) {
 // smaller capacity forgets the oldest first.
 func TestMemoryReconfigure(t *testing.T) {
 	c := &clock{t: time.Unix(1_750_000_000, 0)}
-	m := NewMemory(time.Hour, 5, time.Minute, c.now)
+	m := newMemoryIDs(time.Hour, 5, time.Minute, c.now)
 	for i := range 5 {
 		id := fmt.Sprint("id", i)
 		_, ticket := m.Claim(id)

@@ -11,7 +11,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"strings"
 	"syscall"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/webhookgate/caddy-openai-webhook/internal/cfparse"
 	"github.com/webhookgate/caddy-openai-webhook/internal/verifier"
 )
 
@@ -51,9 +51,9 @@ const maxAnswerShown = 1 << 20
 
 func runSend(cmd *cobra.Command, _ []string) error {
 	target, _ := cmd.Flags().GetString("url")
-	u, err := url.Parse(target)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return errors.New("--url: an http:// or https:// URL is required")
+	u, err := cfparse.HTTPURL(target)
+	if err != nil {
+		return fmt.Errorf("--url: %w", err)
 	}
 	key, err := oneKey(cmd)
 	if err != nil {
@@ -63,7 +63,7 @@ func runSend(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
-	now := time.Now()
+	now := clock()
 	var body []byte
 	if path, _ := cmd.Flags().GetString("file"); path != "" {
 		if cmd.Flags().Changed("type") {
