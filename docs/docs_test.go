@@ -168,16 +168,21 @@ func wrap(before string, body []byte, indent int, after string) []byte {
 	return b.Bytes()
 }
 
-// adapt adapts a Caddyfile and returns an error for an adapter error or any
-// warning. Lines in the message are the Caddyfile's own, counted from 1.
+// adapt adapts a Caddyfile and returns an error for an adapter error, any
+// warning, or a secret written into the config (a reader copies the
+// snippet: the handler would warn that Caddy saves it to disk). Lines in
+// the message are the Caddyfile's own, counted from 1.
 func adapt(filename string, body []byte) error {
 	adapter := caddyconfig.GetAdapter("caddyfile")
 	if adapter == nil {
 		return fmt.Errorf("no caddyfile adapter registered")
 	}
-	_, warnings, err := adapter.Adapt(body, map[string]any{"filename": filename})
+	config, warnings, err := adapter.Adapt(body, map[string]any{"filename": filename})
 	if err != nil {
 		return fmt.Errorf("adapt: %v", err)
+	}
+	if bytes.Contains(config, []byte(`"whsec_`)) {
+		return fmt.Errorf("a secret is written into the config: give it as {env.NAME} or {file.path}")
 	}
 	if len(warnings) > 0 {
 		var msgs []string
