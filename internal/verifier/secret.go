@@ -46,6 +46,94 @@ func ParseSecret(secret string) ([]byte, error) {
 	return key, nil
 }
 
+// SupabaseSecretPrefix starts the secrets Supabase hands out for its auth
+// hooks: "v1,whsec_<base64>".
+const SupabaseSecretPrefix = "v1," + SecretPrefix
+
+// ParseHMACSecret decodes an HMAC secret in any of the forms Standard
+// Webhooks senders hand out, each to the same key: "whsec_<base64>" (OpenAI,
+// Svix and its users), "v1,whsec_<base64>" (Supabase auth hooks) and bare
+// "<base64>" (Brex). The base64 must be canonical standard encoding with
+// padding and decode to MinKeyLen to MaxKeyLen bytes. Anything else fails
+// with an error naming the forms expected and saying what is wrong, never
+// quoting the secret. ParseSecret takes the first form only.
+func ParseHMACSecret(secret string) ([]byte, error) {
+	if secret == "" {
+		return nil, errors.New("secret is empty")
+	}
+	if strings.TrimSpace(secret) != secret {
+		return nil, errors.New("secret begins or ends with a space or a line break: give it without them")
+	}
+	var (
+		key []byte
+		err error
+	)
+	switch {
+	case strings.HasPrefix(secret, SupabaseSecretPrefix):
+		if key, err = decodeKey(secret[len(SupabaseSecretPrefix):]); err != nil {
+			return nil, fmt.Errorf("secret after %s: %w", SupabaseSecretPrefix, err)
+		}
+	case strings.HasPrefix(secret, SecretPrefix):
+		if key, err = decodeKey(secret[len(SecretPrefix):]); err != nil {
+			return nil, fmt.Errorf("secret after %s: %w", SecretPrefix, err)
+		}
+	case strings.HasPrefix(secret, PublicKeyPrefix):
+		return nil, fmt.Errorf("secret starts with %q: that is an ed25519 public key, for v1a signatures, not an HMAC secret", PublicKeyPrefix)
+	case strings.HasPrefix(secret, SigningKeyPrefix):
+		return nil, fmt.Errorf("secret starts with %q: that is an ed25519 signing key, which stays with the sender; verify with its %s public key", SigningKeyPrefix, PublicKeyPrefix)
+	case strings.HasPrefix(secret, "v1,"):
+		return nil, fmt.Errorf("secret starts with \"v1,\" but not %q; %s", SupabaseSecretPrefix, secretForms)
+	case unknownPrefix(secret) == ',':
+		return nil, fmt.Errorf("secret starts with an unknown version (the text before its first ','); %s", secretForms)
+	case unknownPrefix(secret) == '_':
+		return nil, fmt.Errorf("secret starts with an unknown prefix (the text before its first '_'), or is in the URL-safe base64 alphabet; %s", secretForms)
+	default:
+		if key, err = decodeKey(secret); err != nil {
+			return nil, fmt.Errorf("secret is not valid bare base64 (%s): %w", secretForms, err)
+		}
+	}
+	if len(key) < MinKeyLen || len(key) > MaxKeyLen {
+		return nil, fmt.Errorf("secret decodes to %d bytes, want %d to %d", len(key), MinKeyLen, MaxKeyLen)
+	}
+	return key, nil
+}
+
+// secretForms names the forms ParseHMACSecret takes, for its errors.
+const secretForms = "want whsec_<base64>, v1,whsec_<base64> or bare <base64>, in standard base64"
+
+// unknownPrefix returns the character that ends s's prefix, '_' or ',', if
+// s starts like a prefixed secret (a word of 1 to 12 letters and digits,
+// then that character) rather than like standard base64, which has
+// neither; 0 otherwise.
+func unknownPrefix(s string) byte {
+	for i := 0; i < len(s) && i <= 12; i++ {
+		switch c := s[i]; {
+		case c == '_' || c == ',':
+			if i == 0 {
+				return 0
+			}
+			return c
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		default:
+			return 0
+		}
+	}
+	return 0
+}
+
+// ParseKey decodes one verification key of a Standard Webhooks handler: a
+// "whpk_" ed25519 public key (KindEd25519, see ParsePublicKey) or an HMAC
+// secret in any form ParseHMACSecret takes (KindHMAC). The key goes in
+// Config.PublicKeys or Config.Keys by its kind.
+func ParseKey(s string) (KeyKind, []byte, error) {
+	if strings.HasPrefix(s, PublicKeyPrefix) {
+		pub, err := ParsePublicKey(s)
+		return KindEd25519, pub, err
+	}
+	key, err := ParseHMACSecret(s)
+	return KindHMAC, key, err
+}
+
 // decodeKey decodes canonical, padded, standard base64, and says what is
 // wrong with anything else without quoting it.
 func decodeKey(encoded string) ([]byte, error) {
