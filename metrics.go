@@ -107,7 +107,7 @@ var (
 	replayIDsDesc = prometheus.NewDesc("caddy_openai_webhook_replay_ids",
 		"Webhook-ids held by the memory replay stores, delivered or being forwarded, by server.", []string{"server"}, nil)
 	replayForgottenDesc = prometheus.NewDesc("caddy_openai_webhook_replay_forgotten_early_total",
-		"Delivered webhook-ids the memory replay stores forgot before their window ended, to stay within replay_capacity, by server.",
+		"Delivered webhook-ids the memory replay stores forgot before their window ended, to stay within the memory store's capacity, by server.",
 		[]string{"server"}, nil)
 )
 

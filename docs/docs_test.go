@@ -1,4 +1,6 @@
-// Package docs_test checks the Caddyfile snippets of the documentation.
+// Package docs_test checks the documentation against the repository: its
+// Caddyfile snippets (TestCaddyfileSnippets) and README.md's layout table
+// (TestLayoutTable).
 //
 // TestCaddyfileSnippets finds every ```caddyfile fenced block in the
 // documentation (README.md, docs/*.md and examples/*/README.md, found by
@@ -389,4 +391,115 @@ func TestCaddyfileSnippets(t *testing.T) {
 	}
 	t.Logf("checked %d snippets: %d complete configs, %d fragments, %d synopses (skipped)",
 		len(snippets), counts[complete], counts[fragment], counts[synopsis])
+}
+
+// layoutFile is the page whose layoutHeading section holds the table of
+// the repository's layout, relative to the repository root.
+const (
+	layoutFile    = "README.md"
+	layoutHeading = "## Layout"
+)
+
+// layoutPath matches a backticked path in a cell of the layout table.
+var layoutPath = regexp.MustCompile("`([^`]+)`")
+
+// layoutRows returns the paths that the first cell of each row of the
+// layout table names (backticked, several separated by commas), and an
+// error for a page without the section, a section without a table or a
+// row that names no path. The header row and the delimiter row are skipped.
+func layoutRows(text string) ([]string, error) {
+	var (
+		in    bool
+		rows  int
+		paths []string
+	)
+	for i, line := range strings.Split(text, "\n") {
+		line = strings.TrimRight(line, "\r")
+		if strings.HasPrefix(line, "#") {
+			if in {
+				break // the next heading ends the section
+			}
+			in = strings.TrimSpace(line) == layoutHeading
+			continue
+		}
+		if !in || !strings.HasPrefix(line, "|") {
+			continue
+		}
+		rows++
+		if rows <= 2 { // | path | what |, then |---|---|
+			continue
+		}
+		first, _, _ := strings.Cut(strings.TrimPrefix(line, "|"), "|")
+		found := layoutPath.FindAllStringSubmatch(first, -1)
+		if len(found) == 0 {
+			return nil, fmt.Errorf("%s:%d: a row of the layout table with no `path` in its first cell: %s", layoutFile, i+1, line)
+		}
+		for _, m := range found {
+			paths = append(paths, m[1])
+		}
+	}
+	switch {
+	case !in:
+		return nil, fmt.Errorf("%s has no %q section", layoutFile, layoutHeading)
+	case len(paths) == 0:
+		return nil, fmt.Errorf("%s: the %q section has no table rows", layoutFile, layoutHeading)
+	}
+	return paths, nil
+}
+
+// TestLayoutTable: README.md's layout table names only paths that exist (a
+// path ending in a slash is a directory, any other a file), and leaves out
+// no top-level Go file that is not a test, nor any top-level directory
+// (hidden ones and testdata may be left out): a directory counts as named
+// when the table names it or a path inside it (internal/ by
+// internal/verifier/).
+func TestLayoutTable(t *testing.T) {
+	text, err := os.ReadFile(filepath.Join(repoRoot, layoutFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	paths, err := layoutRows(string(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	named := map[string]bool{}
+	for _, p := range paths {
+		clean := strings.TrimSuffix(p, "/")
+		named[clean] = true
+		info, err := os.Stat(filepath.Join(repoRoot, filepath.FromSlash(clean)))
+		switch {
+		case err != nil:
+			t.Errorf("%s's layout table names %s, which does not exist", layoutFile, p)
+		case strings.HasSuffix(p, "/") && !info.IsDir():
+			t.Errorf("%s's layout table names %s as a directory, but it is a file: write it without the slash", layoutFile, p)
+		case !strings.HasSuffix(p, "/") && info.IsDir():
+			t.Errorf("%s's layout table names %s, a directory: write it as %s/", layoutFile, p, p)
+		}
+	}
+
+	entries, err := os.ReadDir(repoRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		name := e.Name()
+		switch {
+		case e.IsDir():
+			if strings.HasPrefix(name, ".") || name == "testdata" || named[name] {
+				continue
+			}
+			inside := false
+			for p := range named {
+				if strings.HasPrefix(p, name+"/") {
+					inside = true
+					break
+				}
+			}
+			if !inside {
+				t.Errorf("%s's layout table leaves out the directory %s/", layoutFile, name)
+			}
+		case strings.HasSuffix(name, ".go") && !strings.HasSuffix(name, "_test.go") && !named[name]:
+			t.Errorf("%s's layout table leaves out %s", layoutFile, name)
+		}
+	}
 }
