@@ -59,30 +59,31 @@ type bufferedBody struct {
 	reserved int64 // bytes of budget held until verified or release
 }
 
-// bufferBody reads src to its end into a bufferedBody, also writing every byte
-// to hash. It takes chunks as bytes arrive, each reserved from budget first,
+// bufferBody reads src to its end into b, a zero bufferedBody (the
+// caller's, so that it costs no allocation of its own), also writing every
+// byte to hash. It takes chunks as bytes arrive, each reserved from budget first,
 // so what a sender makes the gateway hold grows with what it sent, never
 // with what it announced; errOverloaded means the budget ran out (before
 // any byte was read, if it had no room for the first chunk). It reads at
 // most limit+1 bytes and returns errBodyTooLarge when the body is longer
 // than limit.
-func bufferBody(src io.Reader, limit int64, hash io.Writer, budget *budget) (*bufferedBody, error) {
-	b := &bufferedBody{list: chunkListPool.Get().(*[]*[chunkSize]byte), budget: budget}
+func bufferBody(b *bufferedBody, src io.Reader, limit int64, hash io.Writer, budget *budget) error {
+	b.list, b.budget = chunkListPool.Get().(*[]*[chunkSize]byte), budget
 	b.chunks = (*b.list)[:0]
 	for {
 		if b.size == limit {
 			// Only the end may follow; a byte more is refused unbuffered.
 			if err := expectEOF(src); err != nil {
 				b.release()
-				return nil, err
+				return err
 			}
-			return b, nil
+			return nil
 		}
 		off := int(b.size % chunkSize)
 		if b.size == int64(len(b.chunks))*chunkSize { // the last chunk is full
 			if !budget.reserve(chunkSize) {
 				b.release()
-				return nil, errOverloaded
+				return errOverloaded
 			}
 			b.reserved += chunkSize
 			b.chunks = append(b.chunks, chunkPool.Get().(*[chunkSize]byte))
@@ -95,11 +96,11 @@ func bufferBody(src io.Reader, limit int64, hash io.Writer, budget *budget) (*bu
 			b.size += int64(n)
 		}
 		if err == io.EOF {
-			return b, nil
+			return nil
 		}
 		if err != nil {
 			b.release()
-			return nil, err
+			return err
 		}
 	}
 }

@@ -27,7 +27,8 @@ func chunksTaken(size, limit int64) int64 {
 func TestBufferedBodyAfterRelease(t *testing.T) {
 	want := bytes.Repeat([]byte("secret-body "), 10_000) // several chunks
 	var hashed bytes.Buffer
-	b, err := bufferBody(bytes.NewReader(want), int64(len(want)), &hashed, unlimited())
+	b := new(bufferedBody)
+	err := bufferBody(b, bytes.NewReader(want), int64(len(want)), &hashed, unlimited())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +65,8 @@ func TestBufferBodyLimit(t *testing.T) {
 	} {
 		body := bytes.Repeat([]byte{'z'}, tc.size)
 		bud := unlimited()
-		b, err := bufferBody(bytes.NewReader(body), int64(tc.limit), io.Discard, bud)
+		b := new(bufferedBody)
+		err := bufferBody(b, bytes.NewReader(body), int64(tc.limit), io.Discard, bud)
 		if !errors.Is(err, tc.wantErr) {
 			t.Errorf("%d bytes under %d: error %v, want %v", tc.size, tc.limit, err, tc.wantErr)
 			continue
@@ -97,13 +99,14 @@ func TestBufferBodyLimit(t *testing.T) {
 func TestBufferBodyBudget(t *testing.T) {
 	bud := &budget{limit: 3 * chunkSize}
 	// 2 chunks less a byte: two chunks, the second with room to see the end.
-	first, err := bufferBody(bytes.NewReader(make([]byte, 2*chunkSize-1)), 1<<20, io.Discard, bud)
+	first := new(bufferedBody)
+	err := bufferBody(first, bytes.NewReader(make([]byte, 2*chunkSize-1)), 1<<20, io.Discard, bud)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Two chunks taken: a body of more than one chunk cannot be held now.
 	src := bytes.NewReader(make([]byte, chunkSize+1))
-	if _, err := bufferBody(src, 1<<20, io.Discard, bud); !errors.Is(err, errOverloaded) {
+	if err := bufferBody(new(bufferedBody), src, 1<<20, io.Discard, bud); !errors.Is(err, errOverloaded) {
 		t.Fatalf("a body past the budget: %v, want errOverloaded", err)
 	}
 	if unread := src.Len(); unread != 1 {
@@ -113,12 +116,13 @@ func TestBufferBodyBudget(t *testing.T) {
 		t.Fatalf("budget used %d after a refused body, want %d", used, 2*chunkSize)
 	}
 	first.release()
-	second, err := bufferBody(bytes.NewReader(make([]byte, 3*chunkSize-1)), 1<<20, io.Discard, bud)
+	second := new(bufferedBody)
+	err = bufferBody(second, bytes.NewReader(make([]byte, 3*chunkSize-1)), 1<<20, io.Discard, bud)
 	if err != nil {
 		t.Fatalf("after release, a body the size of the budget: %v", err)
 	}
 	second.verified()
-	if _, err := bufferBody(bytes.NewReader(make([]byte, 3*chunkSize-1)), 1<<20, io.Discard, bud); err != nil {
+	if err := bufferBody(new(bufferedBody), bytes.NewReader(make([]byte, 3*chunkSize-1)), 1<<20, io.Discard, bud); err != nil {
 		t.Fatalf("a verified body held budget: %v", err)
 	}
 }
@@ -202,7 +206,8 @@ func FuzzBufferBody(f *testing.F) {
 		}
 		bud := &budget{limit: int64(budgetLimit)}
 		var hashed bytes.Buffer
-		b, err := bufferBody(src, int64(limit), &hashed, bud)
+		b := new(bufferedBody)
+		err := bufferBody(b, src, int64(limit), &hashed, bud)
 		need := chunksTaken(int64(size), int64(limit))
 		switch {
 		case failing:

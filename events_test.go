@@ -67,7 +67,7 @@ func deliverBody(t *testing.T, h *Handler, id string, body []byte, next caddyhtt
 // TestEventsAllowList: only verified deliveries whose type passes reach the
 // app; the others get 200 with an empty body and are counted as filtered.
 func TestEventsAllowList(t *testing.T) {
-	h, logs := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}, Events: []string{"response.completed", "batch.*"}})
+	h, logs := provisioned(t, &Handler{Secrets: []string{testSecret}, Events: []string{"response.completed", "batch.*"}})
 	for i, tc := range []struct {
 		body      string
 		forwarded bool
@@ -107,7 +107,7 @@ func TestEventsAllowList(t *testing.T) {
 // delivery passed on; a duplicate the replay store answers, or a filtered
 // type, adds nothing.
 func TestEventsCountedWhenPassedOn(t *testing.T) {
-	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}, Events: []string{"response.*"}})
+	h, _ := provisioned(t, &Handler{Secrets: []string{testSecret}, Events: []string{"response.*"}})
 	completed := eventsTotal.WithLabelValues("UNKNOWN", "response.completed")
 	before := testutil.ToFloat64(completed)
 	for i, tc := range []struct {
@@ -131,7 +131,7 @@ func TestEventsCountedWhenPassedOn(t *testing.T) {
 // TestEventPlaceholders: the event's type and id, for header_up, matchers
 // and logs; empty for a body without them.
 func TestEventPlaceholders(t *testing.T) {
-	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}})
+	h, _ := provisioned(t, &Handler{Secrets: []string{testSecret}})
 	for _, tc := range []struct {
 		body, typ, id string
 	}{
@@ -156,7 +156,7 @@ func TestEventPlaceholders(t *testing.T) {
 // TestErrorPlaceholder: a refusal leaves its outcome code for
 // handle_errors.
 func TestErrorPlaceholder(t *testing.T) {
-	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}})
+	h, _ := provisioned(t, &Handler{Secrets: []string{testSecret}})
 	for _, tc := range []struct {
 		name string
 		edit func(r *http.Request)
@@ -216,7 +216,7 @@ func TestEventParsedOnlyWhenNeeded(t *testing.T) {
 		return (after.TotalAlloc - before.TotalAlloc) / n
 	}
 	quiet := caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error { return nil })
-	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}, MaxSize: 1 << 20, ReplayWindow: -1})
+	h, _ := provisioned(t, &Handler{Secrets: []string{testSecret}, MaxSize: 1 << 20, ReplayWindow: -1})
 	unused := allocated(h, quiet)
 	reading := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
 		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
@@ -229,7 +229,7 @@ func TestEventParsedOnlyWhenNeeded(t *testing.T) {
 	if used < unused+128<<10 {
 		t.Fatalf("bytes allocated per delivery: %d with the placeholders unused, %d used; want a parse (128 KiB) more when used", unused, used)
 	}
-	filtering, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}, MaxSize: 1 << 20, ReplayWindow: -1, Events: []string{"x.*"}})
+	filtering, _ := provisioned(t, &Handler{Secrets: []string{testSecret}, MaxSize: 1 << 20, ReplayWindow: -1, Events: []string{"x.*"}})
 	if got := allocated(filtering, quiet); got < unused+128<<10 {
 		t.Fatalf("with events, %d bytes allocated per delivery against %d without: the body was not parsed", got, unused)
 	}
@@ -239,7 +239,7 @@ func TestEventParsedOnlyWhenNeeded(t *testing.T) {
 // placeholders once the handlers have returned; the event is still there
 // until Go's server ends the request.
 func TestEventPlaceholdersAfterTheHandler(t *testing.T) {
-	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}})
+	h, _ := provisioned(t, &Handler{Secrets: []string{testSecret}})
 	body := []byte(`{"object":"event","id":"evt_after","type":"eval.run.succeeded"}`)
 	r := signedRequest(t, "wh_after_handler", body, time.Now())
 	repl := caddy.NewReplacer()

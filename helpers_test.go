@@ -8,12 +8,29 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/webhookgate/caddy-openai-webhook/internal/webhooktest"
 )
+
+// testSecret is webhooktest.Secret as the tests' handlers take it: from the
+// environment, as the docs ask of a config, so that no test config writes
+// it in (which the handler warns of at every load).
+const (
+	testSecretEnv = "OPENAI_WEBHOOK_TEST_SECRET"
+	testSecret    = "{env." + testSecretEnv + "}"
+)
+
+func TestMain(m *testing.M) {
+	if err := os.Setenv(testSecretEnv, webhooktest.Secret); err != nil {
+		panic(err)
+	}
+	os.Exit(m.Run())
+}
 
 // configContext returns a context of a config of its own, as Caddy gives a
 // module it provisions (the handler loads the config's App from it), and

@@ -3,6 +3,7 @@ package openaiwebhook
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync"
 	"time"
 
@@ -50,6 +51,26 @@ var (
 		Help:      "Deliveries passed on by handlers with an events allow-list, by server and event type.",
 	}, []string{"server", "type"})
 )
+
+// serverSeries are a handler's series of requestsTotal (by outcome name)
+// and verifiedTotal (by the signing secret's index) for the server it
+// serves, looked up once rather than at every request.
+type serverSeries struct {
+	server   string
+	requests map[string]prometheus.Counter
+	verified []prometheus.Counter
+}
+
+func newServerSeries(server string, secrets int) *serverSeries {
+	s := &serverSeries{server: server, requests: make(map[string]prometheus.Counter, len(outcomes))}
+	for _, o := range outcomes {
+		s.requests[o.name] = requestsTotal.WithLabelValues(server, o.name)
+	}
+	for i := range secrets {
+		s.verified = append(s.verified, verifiedTotal.WithLabelValues(server, strconv.Itoa(i)))
+	}
+	return s
+}
 
 func registerMetrics(registry *prometheus.Registry) error {
 	if registry == nil {
@@ -137,14 +158,14 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 	c.mu.Lock()
 	perServer := map[string]map[replaystore.Counter]bool{}
 	for h, s := range c.handlers {
-		name := h.server.Load()
-		if name == nil {
+		series := h.series.Load()
+		if series == nil {
 			continue // not served yet: its server is not known
 		}
-		if perServer[*name] == nil {
-			perServer[*name] = map[replaystore.Counter]bool{}
+		if perServer[series.server] == nil {
+			perServer[series.server] = map[replaystore.Counter]bool{}
 		}
-		perServer[*name][s] = true
+		perServer[series.server][s] = true
 	}
 	c.mu.Unlock()
 	for server, stores := range perServer {

@@ -132,8 +132,8 @@ type Handler struct {
 	retryAfter  string            // Retry-After of a 503, in seconds
 	replay      replaystore.Store // nil when replay refusal is off
 	storeErrors *lograte.Limiter
-	server      *atomic.Pointer[string] // the name of the server the handler serves, once it served
-	app         *App                    // the config's
+	series      *atomic.Pointer[serverSeries] // once it served: the server it serves and the series to count in
+	app         *App                          // the config's
 	logger      *zap.Logger
 }
 
@@ -162,7 +162,7 @@ func (pooledBudget) Destruct() error { return nil }
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.storeErrors = &lograte.Limiter{Every: storeErrorLogEvery}
-	h.server = new(atomic.Pointer[string])
+	h.series = new(atomic.Pointer[serverSeries])
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
@@ -321,64 +321,50 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		msg.Discard()
 		return h.refuse(w, r, outcomeTooLarge, errBodyTooLarge, headers.ID)
 	}
-	body, err := h.readBody(w, r, msg)
-	if err != nil {
+	d := new(delivery)
+	if err := h.readBody(w, r, &d.body, msg); err != nil {
 		msg.Discard()
 		return h.refuse(w, r, readOutcome(err), err, headers.ID)
 	}
 	key, err := msg.Finish()
 	if err != nil {
-		body.release()
+		d.body.release()
 		return h.refuse(w, r, verdictOutcome(err), err, headers.ID)
 	}
-	body.verified()
-	d := delivery{hdr: headers, server: h.serverOf(r)}
-	verifiedTotal.WithLabelValues(d.server, strconv.Itoa(key)).Inc()
+	d.body.verified()
+	d.hdr, d.series = headers, h.seriesOf(r)
+	d.series.verified[key].Inc()
 	// Held until Caddy is done with the request, so that placeholders read
 	// after the forward (log_append, the access log) still find the event.
-	context.AfterFunc(r.Context(), body.release)
-
-	ev := &event{body: body}
-	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	repl.Set("http.openai_webhook.id", headers.ID)
-	repl.Set("http.openai_webhook.timestamp", headers.Timestamp)
-	repl.Map(func(key string) (any, bool) {
-		switch key {
-		case "http.openai_webhook.event_type":
-			typ, _ := ev.fields()
-			return typ, true
-		case "http.openai_webhook.event_id":
-			_, id := ev.fields()
-			return id, true
-		}
-		return nil, false
-	})
+	context.AfterFunc(r.Context(), d.body.release)
+	d.event.body = &d.body
+	r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer).Map(d.placeholder)
 	if h.events != nil {
-		typ, _ := ev.fields()
+		typ, _ := d.event.fields()
 		if !h.events.matches(typ) {
-			return h.answerFiltered(w, d.server, headers.ID, typ)
+			return h.answerFiltered(w, d, typ)
 		}
-		d.event = eventTypeLabel(typ)
+		d.eventLabel = eventTypeLabel(typ)
 	}
 	switch {
 	case h.Queue != nil && h.replay == nil:
-		_, err := h.Queue.enqueue(w, r, h, body, d)
+		_, err := h.Queue.enqueue(w, r, h, d)
 		return err
 	case h.Queue != nil:
-		return h.queueOnce(w, r, body, d)
+		return h.queueOnce(w, r, d)
 	case h.replay == nil:
-		h.passedOn(d, outcomeForwarded)
-		return next.ServeHTTP(w, withBody(r, body))
+		d.passedOn(outcomeForwarded)
+		return next.ServeHTTP(w, d.passOn(r))
 	}
-	return h.forwardOnce(w, withBody(r, body), next, d)
+	return h.forwardOnce(w, d.passOn(r), next, d)
 }
 
 // answerFiltered answers a verified delivery of a type the allow-list
 // leaves out: 200, so the sender does not retry it, and nothing forwarded.
-func (h *Handler) answerFiltered(w http.ResponseWriter, server, id, typ string) error {
-	requestsTotal.WithLabelValues(server, outcomeFiltered.name).Inc()
+func (h *Handler) answerFiltered(w http.ResponseWriter, d *delivery, typ string) error {
+	d.series.requests[outcomeFiltered.name].Inc()
 	h.logger.Debug("delivery of an event type not in events answered without forwarding",
-		zap.String("webhook_id", id), zap.String("event_type", typ))
+		zap.String("webhook_id", d.hdr.ID), zap.String("event_type", typ))
 	answerEmpty(w)
 	return nil
 }
@@ -390,19 +376,20 @@ func answerEmpty(w http.ResponseWriter) {
 	w.WriteHeader(http.StatusOK)
 }
 
-// serverOf returns the name of the Caddy server the request came to (as
-// Caddy's own metrics label it), and remembers it for the store
-// statistics.
-func (h *Handler) serverOf(r *http.Request) string {
-	if name := h.server.Load(); name != nil {
-		return *name
+// seriesOf returns the handler's series for the Caddy server the request
+// came to (labelled as Caddy's own metrics label it), resolved on the first
+// request: a handler serves the routes of one server.
+func (h *Handler) seriesOf(r *http.Request) *serverSeries {
+	if s := h.series.Load(); s != nil {
+		return s
 	}
 	name := "UNKNOWN"
 	if srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv != nil && srv.Name() != "" {
 		name = srv.Name()
 	}
-	h.server.Store(&name)
-	return name
+	s := newServerSeries(name, len(h.Secrets))
+	h.series.Store(s)
+	return s
 }
 
 var (
@@ -410,57 +397,54 @@ var (
 	errBodyTimeout      = errors.New("body not received within body_timeout")
 )
 
-// readBody reads the request's body under max_size, the budget and
+// readBody reads the request's body into b under max_size, the budget and
 // body_timeout, hashing it into hash as it arrives.
-func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, hash io.Writer) (*bufferedBody, error) {
+func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, b *bufferedBody, hash io.Writer) error {
 	src := r.Body
 	if src == nil {
 		src = http.NoBody
 	}
 	timeout := time.Duration(h.BodyTimeout)
 	rc := http.NewResponseController(w)
-	var expired atomic.Bool
-	if err := rc.SetReadDeadline(time.Now().Add(timeout)); err == nil {
+	var err error
+	if rc.SetReadDeadline(time.Now().Add(timeout)) == nil {
+		err = bufferBody(b, src, h.MaxSize, hash, h.budget)
 		// The forward must not inherit the deadline: on HTTP/1 it would
 		// cancel the request when it passed.
-		defer func() { _ = rc.SetReadDeadline(time.Time{}) }()
+		_ = rc.SetReadDeadline(time.Time{})
 	} else {
-		// HTTP/3 has no read deadline: closing the body ends a read.
-		timer := time.AfterFunc(timeout, func() {
-			expired.Store(true)
-			_ = src.Close()
-		})
-		defer timer.Stop()
+		err = bufferBodyClosing(b, src, h.MaxSize, hash, h.budget, timeout)
 	}
-	body, err := bufferBody(src, h.MaxSize, hash, h.budget)
 	switch {
 	case err == nil:
-		return body, nil
-	case errors.Is(err, os.ErrDeadlineExceeded) || expired.Load():
-		return nil, errBodyTimeout
+		return nil
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return errBodyTimeout
 	case errors.Is(err, errBodyTooLarge), errors.Is(err, errOverloaded):
-		return nil, err
+		return err
 	case errors.As(err, new(*http.MaxBytesError)):
 		// Caddy's request_body max_size, if smaller, stops the read first.
-		return nil, fmt.Errorf("%w: %w", errBodyTooLarge, err)
+		return fmt.Errorf("%w: %w", errBodyTooLarge, err)
 	default:
-		return nil, fmt.Errorf("reading body: %w", err)
+		return fmt.Errorf("reading body: %w", err)
 	}
 }
 
-// withBody returns r carrying the verified body, framed by an exact
-// Content-Length and nothing else.
-func withBody(r *http.Request, body *bufferedBody) *http.Request {
-	r.Body = body.newReader()
-	r.GetBody = func() (io.ReadCloser, error) { return body.newReader(), nil }
-	r.ContentLength = body.size
-	r.Header.Set("Content-Length", strconv.FormatInt(body.size, 10))
-	r.TransferEncoding = nil
-	// Trailers are not signed: nothing unverified goes upstream.
-	r.Trailer = nil
-	// The body is already here: the app must not answer 100 Continue again.
-	r.Header.Del("Expect")
-	return r
+// bufferBodyClosing is bufferBody where the connection takes no read
+// deadline (HTTP/3): a timer closes src when timeout passes, which ends a
+// read, and the error is then os.ErrDeadlineExceeded.
+func bufferBodyClosing(b *bufferedBody, src io.ReadCloser, limit int64, hash io.Writer, budget *budget, timeout time.Duration) error {
+	var expired atomic.Bool
+	timer := time.AfterFunc(timeout, func() {
+		expired.Store(true)
+		_ = src.Close()
+	})
+	defer timer.Stop()
+	err := bufferBody(b, src, limit, hash, budget)
+	if err != nil && expired.Load() {
+		return os.ErrDeadlineExceeded
+	}
+	return err
 }
 
 // errRepeatedHeader refuses a header sent more than once: which copy a

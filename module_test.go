@@ -72,7 +72,7 @@ func statusOf(err error) int {
 }
 
 func TestForwardsExactVerifiedBytes(t *testing.T) {
-	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}, MaxSize: 100 << 10})
+	h, _ := provisioned(t, &Handler{Secrets: []string{testSecret}, MaxSize: 100 << 10})
 	binary := make([]byte, 0, 512)
 	for i := range 512 {
 		binary = append(binary, byte(i))
@@ -120,7 +120,7 @@ func TestForwardsExactVerifiedBytes(t *testing.T) {
 }
 
 func TestRefusesWithStatusAndForwardsNothing(t *testing.T) {
-	h, logs := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}, MaxSize: 1024})
+	h, logs := provisioned(t, &Handler{Secrets: []string{testSecret}, MaxSize: 1024})
 	body := []byte(`{"type":"response.completed","secret_marker":"BODY-MARKER"}`)
 	stale := time.Now().Add(-6 * time.Minute)
 	for _, tc := range []struct {
@@ -237,7 +237,7 @@ func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 // TestRefusesWithoutReadingBody: header and freshness refusals cost no body
 // read, so a flood of unsigned or stale requests cannot make Caddy buffer.
 func TestRefusesWithoutReadingBody(t *testing.T) {
-	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}})
+	h, _ := provisioned(t, &Handler{Secrets: []string{testSecret}})
 	for _, ts := range []time.Time{time.Now().Add(-time.Hour), time.Now().Add(time.Hour)} {
 		r := signedRequest(t, "wh_test", nil, ts)
 		r.Body = io.NopCloser(errReader{errors.New("body was read")})
@@ -260,7 +260,7 @@ func TestProvisionErrors(t *testing.T) {
 		h       Handler
 		wantErr string // "" means provisioning succeeds
 	}{
-		{name: "literal", h: Handler{Secrets: []string{webhooktest.Secret}}},
+		{name: "literal", h: Handler{Secrets: []string{testSecret}}},
 		{name: "env placeholder", h: Handler{Secrets: []string{"{env.OPENAI_WEBHOOK_TEST_SECRET}"}}},
 		{name: "two secrets", h: Handler{Secrets: []string{webhooktest.Secret, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}}},
 		{name: "none", h: Handler{}, wantErr: "secrets: at least one"},
@@ -270,20 +270,20 @@ func TestProvisionErrors(t *testing.T) {
 		{name: "missing file", h: Handler{Secrets: []string{"{file./nonexistent/secret}"}}, wantErr: "secrets[0]"},
 		{name: "bad env value", h: Handler{Secrets: []string{"{env.OPENAI_WEBHOOK_TEST_BAD}"}}, wantErr: "secrets[0]"},
 		{name: "no prefix", h: Handler{Secrets: []string{strings.TrimPrefix(webhooktest.Secret, "whsec_")}}, wantErr: "secrets[0]"},
-		{name: "tolerance too short", h: Handler{Secrets: []string{webhooktest.Secret}, Tolerance: caddy.Duration(500 * time.Millisecond)}, wantErr: "tolerance"},
-		{name: "negative tolerance", h: Handler{Secrets: []string{webhooktest.Secret}, Tolerance: caddy.Duration(-time.Minute)}, wantErr: "tolerance"},
-		{name: "tolerance of a day", h: Handler{Secrets: []string{webhooktest.Secret}, Tolerance: caddy.Duration(24 * time.Hour)}},
-		{name: "tolerance over a day", h: Handler{Secrets: []string{webhooktest.Secret}, Tolerance: caddy.Duration(24*time.Hour + time.Second)}, wantErr: "tolerance"},
-		{name: "huge tolerance", h: Handler{Secrets: []string{webhooktest.Secret}, Tolerance: caddy.Duration(math.MaxInt64)}, wantErr: "tolerance"},
-		{name: "replay_store with replay_window off", h: Handler{Secrets: []string{webhooktest.Secret}, ReplayWindow: -1, ReplayStoreRaw: []byte(`{"backend":"memory"}`)}, wantErr: "replay_store"},
-		{name: "negative max_size", h: Handler{Secrets: []string{webhooktest.Secret}, MaxSize: -1}, wantErr: "max_size"},
-		{name: "huge max_size", h: Handler{Secrets: []string{webhooktest.Secret}, MaxSize: 2 << 30}, wantErr: "max_size"},
-		{name: "negative body_timeout", h: Handler{Secrets: []string{webhooktest.Secret}, BodyTimeout: caddy.Duration(-time.Second)}, wantErr: "body_timeout"},
-		{name: "max_unverified below max_size", h: Handler{Secrets: []string{webhooktest.Secret}, MaxSize: 1 << 20, MaxUnverified: 1<<20 - 1}, wantErr: "max_unverified"},
-		{name: "max_unverified below max_size's chunks", h: Handler{Secrets: []string{webhooktest.Secret}, MaxSize: 1<<20 + 1, MaxUnverified: 1<<20 + 1}, wantErr: "max_unverified"},
-		{name: "max_unverified of one max_size body", h: Handler{Secrets: []string{webhooktest.Secret}, MaxSize: 1<<20 + 1, MaxUnverified: 1<<20 + chunkSize}},
-		{name: "max_size of 1GiB raises the default max_unverified", h: Handler{Secrets: []string{webhooktest.Secret}, MaxSize: 1 << 30}},
-		{name: "negative capacity", h: Handler{Secrets: []string{webhooktest.Secret}, ReplayStoreRaw: json.RawMessage(`{"backend":"memory","capacity":-1}`)}, wantErr: "capacity: -1 is not a positive number"},
+		{name: "tolerance too short", h: Handler{Secrets: []string{testSecret}, Tolerance: caddy.Duration(500 * time.Millisecond)}, wantErr: "tolerance"},
+		{name: "negative tolerance", h: Handler{Secrets: []string{testSecret}, Tolerance: caddy.Duration(-time.Minute)}, wantErr: "tolerance"},
+		{name: "tolerance of a day", h: Handler{Secrets: []string{testSecret}, Tolerance: caddy.Duration(24 * time.Hour)}},
+		{name: "tolerance over a day", h: Handler{Secrets: []string{testSecret}, Tolerance: caddy.Duration(24*time.Hour + time.Second)}, wantErr: "tolerance"},
+		{name: "huge tolerance", h: Handler{Secrets: []string{testSecret}, Tolerance: caddy.Duration(math.MaxInt64)}, wantErr: "tolerance"},
+		{name: "replay_store with replay_window off", h: Handler{Secrets: []string{testSecret}, ReplayWindow: -1, ReplayStoreRaw: []byte(`{"backend":"memory"}`)}, wantErr: "replay_store"},
+		{name: "negative max_size", h: Handler{Secrets: []string{testSecret}, MaxSize: -1}, wantErr: "max_size"},
+		{name: "huge max_size", h: Handler{Secrets: []string{testSecret}, MaxSize: 2 << 30}, wantErr: "max_size"},
+		{name: "negative body_timeout", h: Handler{Secrets: []string{testSecret}, BodyTimeout: caddy.Duration(-time.Second)}, wantErr: "body_timeout"},
+		{name: "max_unverified below max_size", h: Handler{Secrets: []string{testSecret}, MaxSize: 1 << 20, MaxUnverified: 1<<20 - 1}, wantErr: "max_unverified"},
+		{name: "max_unverified below max_size's chunks", h: Handler{Secrets: []string{testSecret}, MaxSize: 1<<20 + 1, MaxUnverified: 1<<20 + 1}, wantErr: "max_unverified"},
+		{name: "max_unverified of one max_size body", h: Handler{Secrets: []string{testSecret}, MaxSize: 1<<20 + 1, MaxUnverified: 1<<20 + chunkSize}},
+		{name: "max_size of 1GiB raises the default max_unverified", h: Handler{Secrets: []string{testSecret}, MaxSize: 1 << 30}},
+		{name: "negative capacity", h: Handler{Secrets: []string{testSecret}, ReplayStoreRaw: json.RawMessage(`{"backend":"memory","capacity":-1}`)}, wantErr: "capacity: -1 is not a positive number"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := configContext(t)
@@ -314,7 +314,7 @@ func TestProvisionErrors(t *testing.T) {
 }
 
 func TestDefaults(t *testing.T) {
-	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}})
+	h, _ := provisioned(t, &Handler{Secrets: []string{testSecret}})
 	if h.MaxSize != 1<<20 || time.Duration(h.Tolerance) != 5*time.Minute || time.Duration(h.BodyTimeout) != 10*time.Second ||
 		h.MaxUnverified != 64<<20 || time.Duration(h.ReplayWindow) != 10*time.Minute+time.Second {
 		t.Fatalf("defaults max_size=%d tolerance=%s body_timeout=%s max_unverified=%d replay_window=%s",
@@ -336,7 +336,7 @@ func TestDefaults(t *testing.T) {
 // budget spent is refused with 503 and Retry-After before its body is
 // read; once the held bodies end, deliveries pass again.
 func TestUnverifiedBudget(t *testing.T) {
-	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}, MaxSize: 64 << 10, MaxUnverified: 4 * chunkSize,
+	h, _ := provisioned(t, &Handler{Secrets: []string{testSecret}, MaxSize: 64 << 10, MaxUnverified: 4 * chunkSize,
 		BodyTimeout: caddy.Duration(time.Minute)})
 	body := bytes.Repeat([]byte{'x'}, 64<<10)
 	// Two stalled bodies of 64 KiB less a byte, with fake signatures, hold
@@ -398,7 +398,7 @@ func TestUnverifiedBudget(t *testing.T) {
 // Content-Length does not decide what the gateway allocates; only bytes
 // that arrive do.
 func TestDeclaredLengthCostsNothing(t *testing.T) {
-	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}, MaxSize: 1 << 30})
+	h, _ := provisioned(t, &Handler{Secrets: []string{testSecret}, MaxSize: 1 << 30})
 	r := signedRequest(t, "wh_announced", []byte("x"), time.Now())
 	r.ContentLength = 1 << 30
 	r.Body = io.NopCloser(io.MultiReader(strings.NewReader("x"), errReader{io.ErrUnexpectedEOF}))
@@ -423,7 +423,7 @@ func TestDeclaredLengthCostsNothing(t *testing.T) {
 // HTTP/3; HTTP/1 and HTTP/2 use a read deadline, tested in
 // integration_test.go.)
 func TestBodyTimeout(t *testing.T) {
-	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}, BodyTimeout: caddy.Duration(100 * time.Millisecond)})
+	h, _ := provisioned(t, &Handler{Secrets: []string{testSecret}, BodyTimeout: caddy.Duration(100 * time.Millisecond)})
 	body := []byte(`{"type":"response.completed"}`)
 	pr, pw := io.Pipe()
 	defer pw.Close()

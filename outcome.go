@@ -35,6 +35,11 @@ var (
 	outcomeMethodNotAllowed = outcome{"method_not_allowed", http.StatusMethodNotAllowed}  // not a POST
 )
 
+// outcomes lists every outcome, for the series a handler resolves once.
+var outcomes = []outcome{outcomeForwarded, outcomeDuplicate, outcomeFiltered, outcomeInFlight, outcomeStoreUnavailable,
+	outcomeUnchecked, outcomeQueued, outcomeQueueFull, outcomeMalformed, outcomeStale, outcomeBadSignature, outcomeTooLarge,
+	outcomeBodyTimeout, outcomeOverloaded, outcomeUnreadableBody, outcomeBadFraming, outcomeMethodNotAllowed}
+
 // verdictOutcome names a refusal by the verifier.
 func verdictOutcome(err error) outcome {
 	switch {

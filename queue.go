@@ -197,7 +197,7 @@ var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Authenticate", "Pro
 
 // enqueue stores a verified delivery and answers its sender: 200 once it is
 // stored, 503 when it cannot be. It reports whether it stored it.
-func (q *Queue) enqueue(w http.ResponseWriter, r *http.Request, h *Handler, body *bufferedBody, d delivery) (bool, error) {
+func (q *Queue) enqueue(w http.ResponseWriter, r *http.Request, h *Handler, d *delivery) (bool, error) {
 	m := &queue.Message{WebhookID: d.hdr.ID, Header: r.Header.Clone()}
 	for _, v := range m.Header["Connection"] {
 		for name := range strings.SplitSeq(v, ",") {
@@ -207,8 +207,8 @@ func (q *Queue) enqueue(w http.ResponseWriter, r *http.Request, h *Handler, body
 	for _, name := range hopHeaders {
 		m.Header.Del(name)
 	}
-	m.Body = make([]byte, 0, body.size)
-	body.view(func(raw []byte) bool {
+	m.Body = make([]byte, 0, d.body.size)
+	d.body.view(func(raw []byte) bool {
 		m.Body = append(m.Body, raw...)
 		return true
 	})
@@ -222,7 +222,7 @@ func (q *Queue) enqueue(w http.ResponseWriter, r *http.Request, h *Handler, body
 		w.Header().Set("Retry-After", retryAfter)
 		return false, h.refuse(w, r, o, fmt.Errorf("queueing: %w", err), d.hdr.ID)
 	}
-	h.passedOn(d, outcomeQueued)
+	d.passedOn(outcomeQueued)
 	select {
 	case q.wake <- struct{}{}:
 	default: // every worker is busy or already woken

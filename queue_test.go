@@ -98,7 +98,7 @@ func queueHandler(t *testing.T, to string, q Queue) *Handler {
 	if q.Retry == nil {
 		q.Retry = []caddy.Duration{caddy.Duration(20 * time.Millisecond), caddy.Duration(20 * time.Millisecond)}
 	}
-	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}, Queue: &q})
+	h, _ := provisioned(t, &Handler{Secrets: []string{testSecret}, Queue: &q})
 	// As Caddy does once it runs the config.
 	if err := h.Queue.app.Start(); err != nil {
 		t.Fatal(err)
@@ -319,7 +319,7 @@ func TestQueueStoreSharedInAConfig(t *testing.T) {
 		{"http://tok-5e7a@127.0.0.1:8000/hooks?token=tok-5e7a", false}, // the same queue, from another site
 		{"http://127.0.0.1:9000/other", true},
 	} {
-		h := &Handler{Secrets: []string{webhooktest.Secret}, Queue: &Queue{To: tc.to, StoreRaw: store}}
+		h := &Handler{Secrets: []string{testSecret}, Queue: &Queue{To: tc.to, StoreRaw: store}}
 		err := h.Provision(ctx)
 		defer h.Cleanup()
 		if (err != nil) != tc.wantErr || (err != nil && !strings.Contains(err.Error(), "give each endpoint a store of its own")) {
@@ -400,7 +400,7 @@ func TestQueueStartFails(t *testing.T) {
 	if err := os.WriteFile(notADir, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}, Queue: &Queue{To: "http://127.0.0.1:8000",
+	h, _ := provisioned(t, &Handler{Secrets: []string{testSecret}, Queue: &Queue{To: "http://127.0.0.1:8000",
 		StoreRaw: json.RawMessage(fmt.Sprintf(`{"backend":"file","path":%q}`, filepath.Join(notADir, "queue")))}})
 	err := h.Queue.app.Start()
 	defer h.Queue.app.Stop()
@@ -414,7 +414,7 @@ func TestQueueStartFails(t *testing.T) {
 // delivered once they do.
 func TestQueueStoresBeforeStart(t *testing.T) {
 	backend, to := newQueueApp(t)
-	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}, Queue: &Queue{To: to,
+	h, _ := provisioned(t, &Handler{Secrets: []string{testSecret}, Queue: &Queue{To: to,
 		StoreRaw: json.RawMessage(fmt.Sprintf(`{"backend":"file","path":%q}`, filepath.Join(t.TempDir(), "queue")))}})
 	if status := deliverRequest(t, h, signedRequest(t, "wh_early", []byte(`{}`), time.Now()), &nextApp{}); status != http.StatusOK {
 		t.Fatalf("a delivery before the queue started: %d, want 200", status)

@@ -18,7 +18,7 @@ import (
 // handling. Only the reason and the (already validated) id are logged:
 // never a secret, a signature or any of the body.
 func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, o outcome, reason error, id string) error {
-	requestsTotal.WithLabelValues(h.serverOf(r), o.name).Inc()
+	h.seriesOf(r).requests[o.name].Inc()
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Set("http.openai_webhook.error", o.name)
 	}
@@ -111,11 +111,18 @@ func checkFraming(hdr http.Header) error {
 	if len(hdr["Content-Length"]) > 1 {
 		return fmt.Errorf("%w: Content-Length sent more than once", errBadFraming)
 	}
-	if _, ok := hdr["Upgrade"]; ok || httpguts.HeaderValuesContainsToken(hdr["Connection"], "upgrade") {
+	if _, ok := hdr["Upgrade"]; ok {
+		return fmt.Errorf("%w: the request asks to upgrade the connection", errBadFraming)
+	}
+	connection := hdr["Connection"]
+	if len(connection) == 0 {
+		return nil // most deliveries: HTTP/2, or HTTP/1.1 keeping its connection by default
+	}
+	if httpguts.HeaderValuesContainsToken(connection, "upgrade") {
 		return fmt.Errorf("%w: the request asks to upgrade the connection", errBadFraming)
 	}
 	for _, name := range []string{verifier.HeaderID, verifier.HeaderTimestamp, verifier.HeaderSignature} {
-		if httpguts.HeaderValuesContainsToken(hdr["Connection"], name) {
+		if httpguts.HeaderValuesContainsToken(connection, name) {
 			return fmt.Errorf("%w: the Connection header names %s, which would be removed before the app sees it", errBadFraming, name)
 		}
 	}

@@ -12,7 +12,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/webhookgate/caddy-openai-webhook/internal/guest"
-	"github.com/webhookgate/caddy-openai-webhook/internal/verifier"
 	"github.com/webhookgate/caddy-openai-webhook/replaystore"
 )
 
@@ -51,44 +50,57 @@ type claim struct {
 	// checked is false when the store could not answer and lets the
 	// delivery through unchecked (on_error forward): nothing to settle.
 	checked bool
-	// ctx settles the claim: it outlives the sender, who may hang up once
-	// the app's status is out; the store bounds each of its calls.
-	ctx context.Context
+	// settled: recorded as delivered, or released.
+	settled bool
 }
 
 // claimID claims a verified delivery's id, or answers the sender when the
 // delivery goes no further: 200 and empty for an id already delivered, 409
 // for one being forwarded, 503 when the store cannot answer (OpenAI
 // retries it), 401 when the delivery went stale meanwhile.
-func (h *Handler) claimID(w http.ResponseWriter, r *http.Request, d delivery) (c claim, answered bool, err error) {
-	hdr, server := d.hdr, d.server
-	state, ticket, err := h.replay.Claim(r.Context(), hdr.ID)
+func (h *Handler) claimID(w http.ResponseWriter, r *http.Request, d *delivery) (answered bool, err error) {
+	state, ticket, err := h.replay.Claim(r.Context(), d.hdr.ID)
 	if err != nil {
-		h.countStoreError(server, "claim", err)
+		h.countStoreError(d.series.server, "claim", err)
 		if state != replaystore.Unchecked {
 			w.Header().Set("Retry-After", storeRetryAfter)
-			return c, true, h.refuse(w, r, outcomeStoreUnavailable, errStoreUnavailable, hdr.ID)
+			return true, h.refuse(w, r, outcomeStoreUnavailable, errStoreUnavailable, d.hdr.ID)
 		}
-		return c, false, nil
+		return false, nil
 	}
 	switch state {
 	case replaystore.Delivered:
-		requestsTotal.WithLabelValues(server, outcomeDuplicate.name).Inc()
-		h.logger.Debug("duplicate delivery answered without forwarding", zap.String("webhook_id", hdr.ID))
+		d.series.requests[outcomeDuplicate.name].Inc()
+		h.logger.Debug("duplicate delivery answered without forwarding", zap.String("webhook_id", d.hdr.ID))
 		answerEmpty(w)
-		return c, true, nil
+		return true, nil
 	case replaystore.InFlight:
-		return c, true, h.refuse(w, r, outcomeInFlight, errInFlight, hdr.ID)
+		return true, h.refuse(w, r, outcomeInFlight, errInFlight, d.hdr.ID)
 	}
-	c = claim{ticket: ticket, checked: true, ctx: context.WithoutCancel(r.Context())}
+	d.claim = claim{ticket: ticket, checked: true}
 	// Freshness once more, now that the id is claimed: a replay accepted
 	// at this moment was fresh when the store looked for its id, and the
 	// store keeps every delivered id until a replay of it cannot be.
-	if err := h.verifier.CheckTimestamp(hdr.Timestamp); err != nil {
-		h.countStoreError(server, "release", h.replay.Release(c.ctx, hdr.ID, ticket))
-		return c, true, h.refuse(w, r, verdictOutcome(err), err, hdr.ID)
+	if err := h.verifier.CheckTimestamp(d.hdr.Timestamp); err != nil {
+		h.settle(d, false)
+		return true, h.refuse(w, r, verdictOutcome(err), err, d.hdr.ID)
 	}
-	return c, false, nil
+	return false, nil
+}
+
+// settle records the claim's delivery as delivered, or releases it, once.
+// It runs apart from the sender's request, who may hang up once the app's
+// status is out; the store bounds each of its calls.
+func (h *Handler) settle(d *delivery, delivered bool) {
+	if d.claim.settled {
+		return
+	}
+	d.claim.settled = true
+	if delivered {
+		h.countStoreError(d.series.server, "delivered", h.replay.Delivered(context.Background(), d.hdr.ID, d.claim.ticket))
+	} else {
+		h.countStoreError(d.series.server, "release", h.replay.Release(context.Background(), d.hdr.ID, d.claim.ticket))
+	}
 }
 
 // forwardOnce passes a verified delivery to next unless claimID answered it.
@@ -96,41 +108,30 @@ func (h *Handler) claimID(w http.ResponseWriter, r *http.Request, d delivery) (c
 // rest of the answer; it is released when next answers otherwise, so the
 // sender's retry goes through, and left in flight until its lease ends when
 // the sender hung up first.
-func (h *Handler) forwardOnce(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d delivery) error {
-	c, answered, err := h.claimID(w, r, d)
-	if answered {
+func (h *Handler) forwardOnce(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d *delivery) (err error) {
+	if answered, err := h.claimID(w, r, d); answered {
 		return err
 	}
-	if !c.checked {
-		h.passedOn(d, outcomeUnchecked)
+	if !d.claim.checked {
+		d.passedOn(outcomeUnchecked)
 		return next.ServeHTTP(w, r)
 	}
-	hdr, server, ticket, settleCtx := d.hdr, d.server, c.ticket, c.ctx
-	h.passedOn(d, outcomeForwarded)
-	settled := false
-	// Called just before the app's status goes out: a 2xx is recorded
-	// first, so that a sender who sees it and sends again gets a
-	// duplicate, never a second forward or a 409.
-	rec := caddyhttp.NewResponseRecorder(w, nil, func(status int, _ http.Header) bool {
-		if status >= 200 && status < 300 && !settled {
-			settled = true
-			h.countStoreError(server, "delivered", h.replay.Delivered(settleCtx, hdr.ID, ticket))
-		}
-		return false // never buffer: the answer streams through
-	})
+	d.passedOn(outcomeForwarded)
+	d.h = h
+	rec := caddyhttp.NewResponseRecorder(w, nil, d.beforeStatus)
 	returned := false
 	// Deferred, so that it also runs when next panics, as reverse_proxy
 	// does (http.ErrAbortHandler) when the app breaks off its answer.
 	defer func() {
 		switch {
-		case settled:
+		case d.claim.settled:
 		case rec.Status() == 0 && returned && err == nil: // nothing written: Go's server answers 200 once this returns
-			h.countStoreError(server, "delivered", h.replay.Delivered(settleCtx, hdr.ID, ticket))
+			h.settle(d, true)
 		case r.Context().Err() != nil:
 			h.logger.Debug("sender went away before the app answered: the id stays in flight until its lease ends",
-				zap.String("webhook_id", hdr.ID))
+				zap.String("webhook_id", d.hdr.ID))
 		default:
-			h.countStoreError(server, "release", h.replay.Release(settleCtx, hdr.ID, ticket))
+			h.settle(d, false)
 		}
 	}()
 	err = next.ServeHTTP(rec, r)
@@ -138,39 +139,29 @@ func (h *Handler) forwardOnce(w http.ResponseWriter, r *http.Request, next caddy
 	return err
 }
 
+// beforeStatus is called just before the app's status goes out: a 2xx is
+// recorded first, so that a sender who sees it and sends again gets a
+// duplicate, never a second forward or a 409. It never buffers: the
+// answer streams through.
+func (d *delivery) beforeStatus(status int, _ http.Header) bool {
+	if status >= 200 && status < 300 {
+		d.h.settle(d, true)
+	}
+	return false
+}
+
 // queueOnce queues a verified delivery unless claimID answered it. The id
 // counts as delivered once the delivery is stored: the app will get it from
 // the queue.
-func (h *Handler) queueOnce(w http.ResponseWriter, r *http.Request, body *bufferedBody, d delivery) error {
-	c, answered, err := h.claimID(w, r, d)
-	if answered {
+func (h *Handler) queueOnce(w http.ResponseWriter, r *http.Request, d *delivery) error {
+	if answered, err := h.claimID(w, r, d); answered {
 		return err
 	}
-	stored, err := h.Queue.enqueue(w, r, h, body, d)
-	if c.checked {
-		if stored {
-			h.countStoreError(d.server, "delivered", h.replay.Delivered(c.ctx, d.hdr.ID, c.ticket))
-		} else {
-			h.countStoreError(d.server, "release", h.replay.Release(c.ctx, d.hdr.ID, c.ticket))
-		}
+	stored, err := h.Queue.enqueue(w, r, h, d)
+	if d.claim.checked {
+		h.settle(d, stored)
 	}
 	return err
-}
-
-// delivery is a verified delivery on its way on.
-type delivery struct {
-	hdr    verifier.Headers
-	server string // the name of the Caddy server it came to
-	event  string // its event type's metrics label; "" without events
-}
-
-// passedOn counts a delivery that goes on to the app, now or from the
-// queue, with outcome o; and its event type, when the handler has events.
-func (h *Handler) passedOn(d delivery, o outcome) {
-	requestsTotal.WithLabelValues(d.server, o.name).Inc()
-	if d.event != "" {
-		eventsTotal.WithLabelValues(d.server, d.event).Inc()
-	}
 }
 
 // storeRetryAfter is the Retry-After of a 503 for a store that could not

@@ -74,7 +74,7 @@ func TestReplayRefusal(t *testing.T) {
 		{name: "500 cut short", first: nextApp{status: 500, err: errors.New("reading from upstream: unexpected EOF")}, wantFirst: 500, second: 200, reaches: 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}})
+			h, _ := provisioned(t, &Handler{Secrets: []string{testSecret}})
 			id := "wh_replay_" + t.Name()
 			first := tc.first
 			if got := deliver(t, h, id, &first); got != tc.wantFirst {
@@ -92,7 +92,7 @@ func TestReplayRefusal(t *testing.T) {
 }
 
 func TestReplayInFlightGets409(t *testing.T) {
-	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}})
+	h, _ := provisioned(t, &Handler{Secrets: []string{testSecret}})
 	entered, release := make(chan struct{}), make(chan struct{})
 	slow := caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
 		close(entered)
@@ -129,7 +129,7 @@ func TestReplayInFlightGets409(t *testing.T) {
 // app's 2xx goes out, so a sender that sees it and sends again at once gets
 // a duplicate, not a 409 for a claim still being settled.
 func TestReplayDeliveredBeforeTheSenderSeesIt(t *testing.T) {
-	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}})
+	h, _ := provisioned(t, &Handler{Secrets: []string{testSecret}})
 	never := &nextApp{status: 200}
 	var again int
 	first := caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
@@ -149,7 +149,7 @@ func TestReplayDeliveredBeforeTheSenderSeesIt(t *testing.T) {
 // answered, the app may still be working on the delivery, so the id stays
 // in flight (the sender's retry gets 409) until its lease ends.
 func TestReplaySenderGoneKeepsLease(t *testing.T) {
-	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}})
+	h, _ := provisioned(t, &Handler{Secrets: []string{testSecret}})
 	ctx, hangUp := context.WithCancel(context.Background())
 	abandoned := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
 		hangUp()
@@ -164,7 +164,7 @@ func TestReplaySenderGoneKeepsLease(t *testing.T) {
 }
 
 func TestReplayOnlyVerifiedIDsAreRecorded(t *testing.T) {
-	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}})
+	h, _ := provisioned(t, &Handler{Secrets: []string{testSecret}})
 	forged := signedRequest(t, "wh_victim", []byte("{}"), time.Now())
 	forged.Header.Set("webhook-signature", "v1,"+"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
 	if _, err := serve(h, forged); statusOf(err) != 401 {
@@ -177,7 +177,7 @@ func TestReplayOnlyVerifiedIDsAreRecorded(t *testing.T) {
 }
 
 func TestReplayWindowOff(t *testing.T) {
-	h, _ := provisioned(t, &Handler{Secrets: []string{webhooktest.Secret}, ReplayWindow: -1})
+	h, _ := provisioned(t, &Handler{Secrets: []string{testSecret}, ReplayWindow: -1})
 	a := &nextApp{status: 200}
 	for range 2 {
 		deliver(t, h, "wh_off", a)

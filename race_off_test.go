@@ -1,0 +1,5 @@
+//go:build !race
+
+package openaiwebhook
+
+const raceEnabled = false
