@@ -1,19 +1,14 @@
 package openaiwebhook
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
 	"fmt"
 	"strings"
-	"sync"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
 	"github.com/webhookgate/caddy-openai-webhook/internal/portcheck"
-	"github.com/webhookgate/caddy-openai-webhook/internal/redact"
 )
 
 func init() {
@@ -26,15 +21,11 @@ const appName = "openai_webhook"
 // App is what a config with openai_webhook handlers does when Caddy runs
 // it, not when it only loads it (caddy validate, or a config that failed
 // to load): it refuses to start while another process listens on the
-// config's addresses, and runs the workers of its queues. Every handler
-// loads it while it is provisioned; Caddy stops it when the config is
-// replaced or Caddy stops. It has no settings.
+// config's addresses. Every handler loads it while it is provisioned. It
+// has no settings.
 type App struct {
-	queues  []*Queue
-	cancel  context.CancelFunc
-	workers sync.WaitGroup
-	ctx     caddy.Context // for the http app's servers, at start
-	logger  *zap.Logger
+	ctx    caddy.Context // for the http app's servers, at start
+	logger *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -51,64 +42,13 @@ func (a *App) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// add makes q one of the config's queues. Handlers of one config may share
-// a store only with the same queue settings: each handler's workers
-// deliver any message of the store, to their own app.
-func (a *App) add(q *Queue) error {
-	for _, other := range a.queues {
-		if other.store.Name() != q.store.Name() {
-			continue
-		}
-		if !bytes.Equal(q.settings(), other.settings()) {
-			return fmt.Errorf("store: %s is also the store of another handler, with other queue settings (to %s): give each endpoint a store of its own (another path or key_prefix)",
-				q.store.Name(), redact.URL(other.target))
-		}
-	}
-	a.queues = append(a.queues, q)
-	return nil
-}
-
-// settings are the queue's settings as loaded, with to expanded.
-func (q *Queue) settings() []byte {
-	loaded := *q
-	loaded.To = q.target.String()
-	raw, _ := json.Marshal(&loaded)
-	return raw
-}
-
-// Start checks that no other process listens on the config's addresses,
-// readies the queues' stores (the file engine opens its file) and starts
-// their workers.
+// Start checks that no other process listens on the config's addresses.
 func (a *App) Start() error {
-	if err := a.checkListeners(); err != nil {
-		return err
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	a.cancel = cancel
-	for _, q := range a.queues {
-		if err := q.store.Start(); err != nil {
-			_ = a.Stop()
-			return fmt.Errorf("queue %s: %w", q.store.Name(), err)
-		}
-		for range q.Workers {
-			a.workers.Go(func() { q.work(ctx) })
-		}
-	}
-	return nil
+	return a.checkListeners()
 }
 
-// Stop stops the workers and waits for them, each after the attempt it is
-// making, so that what they settle is settled before the store closes;
-// then it closes their idle connections to the app, which the next
-// config's workers do not use.
+// Stop does nothing: Start started nothing.
 func (a *App) Stop() error {
-	if a.cancel != nil {
-		a.cancel()
-	}
-	a.workers.Wait()
-	for _, q := range a.queues {
-		q.client.CloseIdleConnections()
-	}
 	return nil
 }
 

@@ -154,6 +154,15 @@ func (b *bufferedBody) view(fn func([]byte) bool) bool {
 	return fn(raw)
 }
 
+// writeTo writes the whole body to w, which must not fail (a hash).
+func (b *bufferedBody) writeTo(w io.Writer) {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	for off := int64(0); off < b.size; off += chunkSize {
+		_, _ = w.Write(b.chunks[off/chunkSize][:min(chunkSize, b.size-off)])
+	}
+}
+
 // newReader returns a reader over the whole body, from the start.
 func (b *bufferedBody) newReader() io.ReadCloser {
 	return &bodyReader{body: b}

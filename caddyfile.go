@@ -6,12 +6,9 @@ import (
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
-	"github.com/dustin/go-humanize"
 
 	"github.com/webhookgate/caddy-openai-webhook/internal/cfparse"
 	"github.com/webhookgate/caddy-openai-webhook/internal/guest"
@@ -43,17 +40,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		replay_window   <duration>|off
 //		replay_store    <module> [{ <module options> }]
 //		events <type>|<family>.* ...
-//		queue {
-//			to          <url>
-//			store       file [<path>] | redis { <options> }
-//			retry       <duration>...
-//			timeout     <duration>
-//			workers     <count>
-//			max_pending <count>
-//			tls_trust_pool <source> [...]
-//			tls_server_name <name>
-//			tls_insecure_skip_verify
-//		}
+//		sign_with <secret>
 //	}
 //
 // secret and events may be repeated; every secret given is accepted, and
@@ -79,11 +66,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "tolerance":
 			h.Tolerance, err = cfparse.With(d, cfparse.Duration)
 		case "max_size":
-			h.MaxSize, err = cfparse.With(d, func(v string) (int64, error) { return parseSize(v, MaxMaxSize) })
+			h.MaxSize, err = cfparse.With(d, func(v string) (int64, error) { return cfparse.Size(v, MaxMaxSize) })
 		case "body_timeout":
 			h.BodyTimeout, err = cfparse.With(d, cfparse.Duration)
 		case "max_unverified":
-			h.MaxUnverified, err = cfparse.With(d, func(v string) (int64, error) { return parseSize(v, math.MaxInt64) })
+			h.MaxUnverified, err = cfparse.With(d, func(v string) (int64, error) { return cfparse.Size(v, math.MaxInt64) })
 		case "replay_window":
 			h.ReplayWindow, err = cfparse.With(d, parseReplayWindow)
 		case "events":
@@ -97,16 +84,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 			}
 			h.Events = append(h.Events, patterns...)
+		case "sign_with":
+			if h.SignWith != "" {
+				return d.Err("sign_with: given twice")
+			}
+			h.SignWith, err = cfparse.One(d)
 		case "replay_store":
 			if err := h.unmarshalReplayStore(d); err != nil {
-				return err
-			}
-		case "queue":
-			if h.Queue != nil {
-				return d.Err("queue: given twice")
-			}
-			h.Queue = new(Queue)
-			if err := h.Queue.unmarshalCaddyfile(d); err != nil {
 				return err
 			}
 		default:
@@ -136,73 +120,6 @@ func (h *Handler) unmarshalReplayStore(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-// unmarshalCaddyfile reads the queue block.
-func (q *Queue) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		name := d.Val()
-		var err error
-		switch name {
-		case "to":
-			q.To, err = cfparse.One(d)
-		case "store":
-			if q.StoreRaw != nil {
-				return d.Err("queue: store: given twice")
-			}
-			q.StoreRaw, err = guest.Parse(d, "http.handlers.openai_webhook.queue_stores", "backend")
-		case "retry":
-			delays := d.RemainingArgs()
-			if len(delays) == 0 {
-				return d.Err("queue: retry: at least one duration is required")
-			}
-			for _, v := range delays {
-				dur, err := cfparse.Duration(v)
-				if err != nil {
-					return d.Errf("queue: retry: %v", err)
-				}
-				q.Retry = append(q.Retry, dur)
-			}
-		case "timeout":
-			q.Timeout, err = cfparse.With(d, cfparse.Duration)
-		case "workers":
-			q.Workers, err = cfparse.With(d, cfparse.Count)
-		case "max_pending":
-			q.MaxPending, err = cfparse.With(d, cfparse.Count)
-		case "tls_trust_pool":
-			if !d.NextArg() {
-				return d.Err("queue: tls_trust_pool: the source's name (file, inline, ...) is missing")
-			}
-			source := d.Val()
-			pool, err := caddyfile.UnmarshalModule(d, "tls.ca_pool.source."+source)
-			if err != nil {
-				return err
-			}
-			q.tls().CARaw = caddyconfig.JSONModuleObject(pool, "provider", source, nil)
-		case "tls_server_name":
-			q.tls().ServerName, err = cfparse.One(d)
-		case "tls_insecure_skip_verify":
-			err = cfparse.Flag(d)
-			q.tls().InsecureSkipVerify = true
-		default:
-			return d.Errf("unrecognized openai_webhook queue option %q", name)
-		}
-		if err != nil {
-			return d.Errf("queue: %s: %v", name, err)
-		}
-	}
-	return nil
-}
-
-// tls returns the queue's TLS settings, made if need be.
-func (q *Queue) tls() *reverseproxy.TLSConfig {
-	if q.TLS == nil {
-		q.TLS = new(reverseproxy.TLSConfig)
-	}
-	return q.TLS
-}
-
 // parseReplayWindow parses a positive duration or "off" (-1).
 func parseReplayWindow(v string) (caddy.Duration, error) {
 	if v == "off" {
@@ -213,17 +130,4 @@ func parseReplayWindow(v string) (caddy.Duration, error) {
 		return 0, fmt.Errorf("%q is neither a positive duration nor off", v)
 	}
 	return dur, nil
-}
-
-// parseSize parses a size in Caddy's syntax ("64KiB", "1MB"), from 1 byte
-// to limit.
-func parseSize(v string, limit uint64) (int64, error) {
-	size, err := humanize.ParseBytes(v)
-	if err != nil {
-		return 0, fmt.Errorf("%q is not a size (such as 64KiB or 1MB)", v)
-	}
-	if size == 0 || size > limit {
-		return 0, fmt.Errorf("%q is not between 1 byte and %s", v, humanize.IBytes(limit))
-	}
-	return int64(size), nil
 }

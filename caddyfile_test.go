@@ -46,6 +46,12 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			want:  `{"secrets":["{env.A}"],"replay_window":3600000000000,"replay_store":{"backend":"memory","capacity":5000}}`,
 		},
 		{
+			name:  "sign_with",
+			input: "openai_webhook {env.A} {\n sign_with {env.APP_WEBHOOK_SECRET}\n}",
+			want:  `{"secrets":["{env.A}"],"sign_with":"{env.APP_WEBHOOK_SECRET}"}`,
+		},
+		{name: "sign_with twice", input: "openai_webhook {env.A} {\n sign_with {env.A}\n sign_with {env.B}\n}", wantErr: "sign_with: given twice"},
+		{
 			name:  "replay off",
 			input: "openai_webhook {env.A} {\n replay_window off\n}",
 			want:  `{"secrets":["{env.A}"],"replay_window":-1}`,
@@ -253,85 +259,6 @@ func FuzzUnmarshalCaddyfile(f *testing.F) {
 			t.Fatalf("accepted out-of-range values: %+v", h)
 		}
 	})
-}
-
-// TestUnmarshalQueue: the queue block, as the JSON it becomes.
-func TestUnmarshalQueue(t *testing.T) {
-	for _, tc := range []struct {
-		name    string
-		input   string
-		want    string
-		wantErr string
-	}{
-		{
-			name: "every option, file store",
-			input: `openai_webhook {env.A} {
-				queue {
-					to https://app.internal:8443/hooks/openai
-					store file /var/lib/caddy/hooks.queue
-					retry 5s 1m 1h
-					timeout 20s
-					workers 8
-					max_pending 5000
-					tls_server_name app.internal
-				}
-			}`,
-			want: `{"to":"https://app.internal:8443/hooks/openai","store":{"backend":"file","path":"/var/lib/caddy/hooks.queue"},` +
-				`"retry":[5000000000,60000000000,3600000000000],"timeout":20000000000,"workers":8,"max_pending":5000,"tls":{"server_name":"app.internal"}}`,
-		},
-		{
-			name: "redis store",
-			input: `openai_webhook {env.A} {
-				queue {
-					to http://127.0.0.1:8000/hooks
-					store redis {
-						address    rediss://redis.internal:6380
-						password   {env.REDIS_PASSWORD}
-						db         1
-						key_prefix hooks:queue:
-						timeout    1s
-					}
-				}
-			}`,
-			want: `{"to":"http://127.0.0.1:8000/hooks","store":{"address":"rediss://redis.internal:6380","backend":"redis","db":1,` +
-				`"key_prefix":"hooks:queue:","password":"{env.REDIS_PASSWORD}","timeout":1000000000}}`,
-		},
-		{name: "default store", input: "openai_webhook {\n queue {\n to http://127.0.0.1:8000\n }\n}", want: `{"to":"http://127.0.0.1:8000"}`},
-		{name: "twice", input: "openai_webhook {\n queue {\n }\n queue {\n }\n}", wantErr: "queue: given twice"},
-		{name: "an argument", input: "openai_webhook {\n queue http://x {\n }\n}", wantErr: "wrong argument count"},
-		{name: "to without a value", input: "openai_webhook {\n queue {\n to\n }\n}", wantErr: "queue: to: takes exactly one value"},
-		{name: "retry without a duration", input: "openai_webhook {\n queue {\n retry\n }\n}", wantErr: "queue: retry: at least one"},
-		{name: "retry not a duration", input: "openai_webhook {\n queue {\n retry 5s soon\n }\n}", wantErr: `queue: retry: "soon"`},
-		{name: "zero workers", input: "openai_webhook {\n queue {\n workers 0\n }\n}", wantErr: "queue: workers"},
-		{name: "unknown option", input: "openai_webhook {\n queue {\n deliver_to x\n }\n}", wantErr: `unrecognized openai_webhook queue option "deliver_to"`},
-		{name: "store without a name", input: "openai_webhook {\n queue {\n store\n }\n}", wantErr: "queue: store: the name is missing; one of file, redis"},
-		{name: "store twice", input: "openai_webhook {\n queue {\n store file a\n store file b\n }\n}", wantErr: "queue: store: given twice"},
-		{name: "unknown store", input: "openai_webhook {\n queue {\n store fiel\n }\n}", wantErr: `queue: store: "fiel" is none of file, redis`},
-		{name: "redis store, unknown option", input: "openai_webhook {\n queue {\n store redis {\n stream x\n }\n }\n}", wantErr: `unrecognized redis queue store option "stream"`},
-		{name: "redis store, password with two values", input: "openai_webhook {\n queue {\n store redis {\n password pw-q-one pw-q-two\n }\n }\n}", wantErr: "password: takes exactly one value"},
-		{name: "flag with a value", input: "openai_webhook {\n queue {\n tls_insecure_skip_verify yes\n }\n}", wantErr: "queue: tls_insecure_skip_verify: takes no value"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var h Handler
-			err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || strings.Contains(err.Error(), "pw-") {
-					t.Fatalf("error %v, want one containing %q and no credential", err, tc.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, err := json.Marshal(h.Queue)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if string(got) != tc.want {
-				t.Fatalf("got  %s\nwant %s", got, tc.want)
-			}
-		})
-	}
 }
 
 // canonicalJSON returns raw with its object keys sorted, to compare JSON

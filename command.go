@@ -1,20 +1,15 @@
 package openaiwebhook
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/textproto"
-	"net/url"
 	"os"
-	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,6 +18,7 @@ import (
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 
+	"github.com/webhookgate/caddy-openai-webhook/internal/cli"
 	"github.com/webhookgate/caddy-openai-webhook/internal/verifier"
 )
 
@@ -32,7 +28,7 @@ func init() {
 		Usage: "<command> [flags]",
 		Short: "Try, sign, send and judge OpenAI webhook deliveries",
 		Long: `Tools for the openai_webhook handler: try it, sign and send test deliveries,
-judge a captured one offline, and look after a running Caddy's queues.
+and judge a captured one offline.
 
 Commands that sign or verify take the secret from --secret or, better (it
 stays out of shell history), from OPENAI_WEBHOOK_SECRET. No command prints
@@ -41,60 +37,10 @@ a secret it was given.`,
 	})
 }
 
-// addCommands adds the subcommands of `caddy openai-webhook` to cmd. Given
-// no subcommand, or one it does not know, cmd fails naming the choices
-// (cobra would print the help and exit 0).
+// addCommands adds the subcommands of `caddy openai-webhook` to cmd.
 func addCommands(cmd *cobra.Command) {
-	cmd.AddCommand(demoCommand(), secretCommand(), signCommand(), sendCommand(), verifyCommand(), queueCommand())
-	cmd.SuggestionsMinimumDistance = 2
-	cmd.Args = func(cmd *cobra.Command, args []string) error {
-		if len(args) == 0 {
-			return nil
-		}
-		return unknownChoice(cmd, "a command", args[0], subcommandNames(cmd))
-	}
-	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		return fmt.Errorf("%s needs a command: %s (--help says what each does)", cmd.CommandPath(), strings.Join(subcommandNames(cmd), ", "))
-	}
-}
-
-// subcommandNames lists cmd's subcommands, as --help does.
-func subcommandNames(cmd *cobra.Command) []string {
-	var names []string
-	for _, c := range cmd.Commands() {
-		// cobra adds completion to a root command: not one of ours.
-		if c.IsAvailableCommand() && c.Name() != "completion" {
-			names = append(names, c.Name())
-		}
-	}
-	return names
-}
-
-// unknownChoice is the error for an argument that is none of choices: it
-// quotes the argument only when it looks like a mistyped word, since a
-// misplaced argument can be a secret.
-func unknownChoice(cmd *cobra.Command, what, arg string, choices []string) error {
-	shown := "an argument"
-	if commandWord.MatchString(arg) {
-		shown = strconv.Quote(arg)
-	}
-	msg := fmt.Sprintf("%s: %s is not %s; one of %s", cmd.CommandPath(), shown, what, strings.Join(choices, ", "))
-	if suggestions := cmd.SuggestionsFor(arg); len(suggestions) > 0 && shown != "an argument" {
-		msg += "; did you mean " + strings.Join(suggestions, " or ") + "?"
-	}
-	return errors.New(msg)
-}
-
-// commandWord is what a mistyped command or action looks like.
-var commandWord = regexp.MustCompile(`^[a-z][a-z-]{0,19}$`)
-
-// noArgs refuses arguments to a command that takes none, without quoting
-// them (a misplaced argument can be a secret).
-func noArgs(cmd *cobra.Command, args []string) error {
-	if len(args) > 0 {
-		return fmt.Errorf("%s takes no arguments, but was given %d; its input comes from flags (--help lists them)", cmd.CommandPath(), len(args))
-	}
-	return nil
+	cmd.AddCommand(demoCommand(), secretCommand(), signCommand(), sendCommand(), verifyCommand())
+	cli.Parent(cmd)
 }
 
 // clock is the commands' time: verify judges freshness against it, sign
@@ -211,7 +157,7 @@ func secretCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "secret",
 		Short: "Print a new signing secret: whsec_ and 32 random bytes in base64",
-		Args:  noArgs,
+		Args:  cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			key := make([]byte, 32)
 			_, _ = rand.Read(key)
@@ -227,7 +173,7 @@ func signCommand() *cobra.Command {
 		Short: "Print the webhook-id, webhook-timestamp and webhook-signature headers for a body",
 		Long: `Reads the body from --file or standard input and prints the three headers that
 sign it, one per line, as an HTTP header block.`,
-		Args: noArgs,
+		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			key, err := oneKey(cmd)
 			if err != nil {
@@ -265,7 +211,7 @@ timestamp is and in which direction, or that no signature entry matches any
 secret given; for a valid delivery, which of the secrets signed it, by its
 index in the order given, from 0 (the secret label of the verified_total
 metric counts alike). Exits 0 only for a valid delivery.`,
-		Args: noArgs,
+		Args: cli.NoArgs,
 		RunE: runVerify,
 	}
 	secretFlag(cmd, "a secret the delivery may be signed with; repeat for several")
@@ -375,99 +321,4 @@ func readHeaderFile(path string) (http.Header, error) {
 		hdr.Add(textproto.CanonicalMIMEHeaderKey(name), strings.Trim(value, " \t"))
 	}
 	return hdr, nil
-}
-
-func queueCommand() *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "queue status|dead|retry|drop [--address ADDR | --config FILE [--adapter NAME]] [--queue NAME] [--id ID] [--limit N]",
-		Short: "Show the queues of a running Caddy, list their dead letters, retry or drop them",
-		Long: `Talks to the admin endpoint of a running Caddy, found as caddy reload finds it:
---address, or the admin address in --config, or $CADDY_ADMIN, or localhost:2019
-(a unix socket too):
-
-  status   each queue's messages by state, as JSON
-  dead     a queue's dead letters: ids, times, attempts; never bodies
-  retry    retry the dead letter --id, or every dead letter of the queue
-  drop     drop the dead letter --id
-
---queue names the queue (as status lists it) when several run.`,
-		Args:      oneAction,
-		ValidArgs: []string{"status", "dead", "retry", "drop"},
-		RunE:      runQueue,
-	}
-	cmd.Flags().String("address", "", "the admin endpoint (default: from --config, $CADDY_ADMIN, or localhost:2019)")
-	cmd.Flags().String("config", "", "the running Caddy's config file, to read its admin address from")
-	cmd.Flags().String("adapter", "", "the config file's adapter (default: caddyfile for a Caddyfile)")
-	cmd.Flags().String("queue", "", "the queue, when several run")
-	cmd.Flags().String("id", "", "the dead letter (retry: all when empty)")
-	cmd.Flags().Int("limit", 100, "dead: the most dead letters listed")
-	return cmd
-}
-
-// oneAction accepts one of the command's ValidArgs.
-func oneAction(cmd *cobra.Command, args []string) error {
-	switch {
-	case len(args) == 0:
-		return fmt.Errorf("%s needs an action: %s", cmd.CommandPath(), strings.Join(cmd.ValidArgs, ", "))
-	case !slices.Contains(cmd.ValidArgs, args[0]):
-		return unknownChoice(cmd, "an action", args[0], cmd.ValidArgs)
-	case len(args) > 1:
-		return fmt.Errorf("%s takes one action, but was given %d arguments", cmd.CommandPath(), len(args))
-	}
-	return nil
-}
-
-func runQueue(cmd *cobra.Command, args []string) error {
-	addressFlag, _ := cmd.Flags().GetString("address")
-	configFlag, _ := cmd.Flags().GetString("config")
-	adapterFlag, _ := cmd.Flags().GetString("adapter")
-	address, err := caddycmd.DetermineAdminAPIAddress(addressFlag, nil, configFlag, adapterFlag)
-	if err != nil {
-		return fmt.Errorf("finding the admin endpoint: %w", err)
-	}
-	query := url.Values{}
-	if name, _ := cmd.Flags().GetString("queue"); name != "" {
-		query.Set("queue", name)
-	}
-	id, _ := cmd.Flags().GetString("id")
-	method, path := http.MethodGet, "/openai-webhook/queues"
-	switch args[0] {
-	case "status":
-	case "dead":
-		path += "/dead"
-		limit, _ := cmd.Flags().GetInt("limit")
-		query.Set("limit", strconv.Itoa(limit))
-	case "retry":
-		method, path = http.MethodPost, path+"/retry"
-		if id != "" {
-			query.Set("id", id)
-		}
-	case "drop":
-		if id == "" {
-			return errors.New("--id: the dead letter to drop is required")
-		}
-		method, path = http.MethodPost, path+"/drop"
-		query.Set("id", id)
-	default:
-		return fmt.Errorf("%q is none of status, dead, retry, drop", args[0])
-	}
-	if len(query) > 0 {
-		path += "?" + query.Encode()
-	}
-	resp, err := caddycmd.AdminAPIRequest(address, method, path, nil, nil)
-	if err != nil {
-		return fmt.Errorf("%w: is Caddy running, with its admin endpoint at %s? (--address, --config or $CADDY_ADMIN say where it is)", err, address)
-	}
-	defer resp.Body.Close()
-	answer, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return err
-	}
-	var pretty bytes.Buffer
-	if json.Indent(&pretty, answer, "", "  ") != nil {
-		pretty.Reset()
-		pretty.Write(answer)
-	}
-	_, err = fmt.Fprintln(cmd.OutOrStdout(), strings.TrimSpace(pretty.String()))
-	return err
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/spf13/cobra"
 
+	"github.com/webhookgate/caddy-openai-webhook/internal/cli"
 	"github.com/webhookgate/caddy-openai-webhook/internal/demo"
 	"github.com/webhookgate/caddy-openai-webhook/internal/portcheck"
 )
@@ -24,7 +25,7 @@ func demoCommand() *cobra.Command {
 a stand-in app on 127.0.0.1:8081 that answers with what it received, and the
 admin API on localhost:2019. The secret is $OPENAI_WEBHOOK_SECRET or, unset,
 a public demo secret. Ctrl-C stops it.`,
-		Args: noArgs,
+		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			caddy.TrapSignals()
 			secret, err := startDemo(cmd)

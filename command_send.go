@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/webhookgate/caddy-openai-webhook/internal/cfparse"
+	"github.com/webhookgate/caddy-openai-webhook/internal/cli"
 	"github.com/webhookgate/caddy-openai-webhook/internal/verifier"
 )
 
@@ -30,7 +31,7 @@ func sendCommand() *cobra.Command {
 status line and body. Without --file, the body is the event OpenAI sends for
 --type: {"object":"event","id":"evt_...","type":...,"created_at":...,
 "data":{...}}, its data shaped for the event's family. Exits 0 only for a 2xx.`,
-		Args: noArgs,
+		Args: cli.NoArgs,
 		RunE: runSend,
 	}
 	cmd.Flags().String("url", "", "where to send it (required)")

@@ -22,7 +22,7 @@ type delivery struct {
 	// allow-list read it; "" without events.
 	eventLabel string
 	claim      claim
-	h          *Handler // while it is forwarded: the handler that settles its claim
+	h          *Handler // the handler it goes through
 }
 
 // placeholder resolves the handler's placeholders for Caddy's replacer:
@@ -58,6 +58,12 @@ func (d *delivery) passOn(r *http.Request) *http.Request {
 		// that declared its length allocates nothing here.
 		r.Header.Set("Content-Length", string(size))
 	}
+	if key := d.h.signKey; key != nil {
+		// The headers were verified, so they sign.
+		sig, _ := verifier.NewSignature(key, d.hdr.ID, d.hdr.Timestamp)
+		d.body.writeTo(sig)
+		r.Header.Set("Webhook-Signature", sig.String())
+	}
 	r.TransferEncoding = nil
 	// Trailers are not signed: nothing unverified goes upstream.
 	r.Trailer = nil
@@ -72,8 +78,8 @@ func (b *bufferedBody) getBody() (io.ReadCloser, error) {
 	return b.newReader(), nil
 }
 
-// passedOn counts a delivery that goes on to the app, now or from the
-// queue, with outcome o; and its event type, when the handler has events.
+// passedOn counts a delivery that goes on to the next handler with outcome
+// o; and its event type, when the handler has events.
 func (d *delivery) passedOn(o outcome) {
 	d.series.requests[o.name].Inc()
 	if d.eventLabel != "" {

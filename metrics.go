@@ -1,11 +1,9 @@
 package openaiwebhook
 
 import (
-	"context"
 	"errors"
 	"strconv"
 	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -76,8 +74,7 @@ func registerMetrics(registry *prometheus.Registry) error {
 	if registry == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{requestsTotal, replayStoreErrors, verifiedTotal, eventsTotal, storeStats,
-		queueAttempts, queueStoreErrors, queueCollector{}} {
+	for _, c := range []prometheus.Collector{requestsTotal, replayStoreErrors, verifiedTotal, eventsTotal, storeStats} {
 		err := registry.Register(c)
 		if err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
 			return err
@@ -177,63 +174,5 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(replayIDsDesc, prometheus.GaugeValue, held, server)
 		ch <- prometheus.MustNewConstMetric(replayForgottenDesc, prometheus.CounterValue, forgotten, server)
-	}
-}
-
-// The queue's series carry the queue's name (its store's) rather than a
-// server: one queue can serve handlers of several servers, and outlive
-// them.
-var (
-	// queueAttempts counts delivery attempts by outcome: delivered (2xx),
-	// refused (another status), failed (no answer).
-	queueAttempts = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy",
-		Subsystem: "openai_webhook",
-		Name:      "queue_attempts_total",
-		Help:      "Attempts to deliver queued messages to the app, by queue and outcome.",
-	}, []string{"queue", "outcome"})
-
-	// queueStoreErrors counts the queue store's failures by operation.
-	queueStoreErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy",
-		Subsystem: "openai_webhook",
-		Name:      "queue_store_errors_total",
-		Help:      "Queue store operations that failed, by queue and operation.",
-	}, []string{"queue", "operation"})
-
-	queueMessagesDesc = prometheus.NewDesc("caddy_openai_webhook_queue_messages",
-		"Messages in the queue by state: pending (due), scheduled (a retry later), in_flight, dead.", []string{"queue", "state"}, nil)
-	queueOldestDesc = prometheus.NewDesc("caddy_openai_webhook_queue_oldest_age_seconds",
-		"Age of the oldest message not yet delivered nor dead, 0 with none.", []string{"queue"}, nil)
-)
-
-// queueCollector reports each running queue's counts at scrape time.
-type queueCollector struct{}
-
-// Describe implements prometheus.Collector.
-func (queueCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- queueMessagesDesc
-	ch <- queueOldestDesc
-}
-
-// Collect implements prometheus.Collector.
-func (queueCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, q := range queues.all() {
-		ctx, cancel := context.WithTimeout(context.Background(), storeCallTimeout)
-		c, err := q.store.Counts(ctx)
-		cancel()
-		if err != nil {
-			q.failed("counts", err)
-			continue
-		}
-		name := q.store.Name()
-		for state, n := range map[string]int{"pending": c.Pending, "scheduled": c.Scheduled, "in_flight": c.InFlight, "dead": c.Dead} {
-			ch <- prometheus.MustNewConstMetric(queueMessagesDesc, prometheus.GaugeValue, float64(n), name, state)
-		}
-		age := 0.0
-		if !c.Oldest.IsZero() {
-			age = time.Since(c.Oldest).Seconds()
-		}
-		ch <- prometheus.MustNewConstMetric(queueOldestDesc, prometheus.GaugeValue, age, name)
 	}
 }

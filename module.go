@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"os"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -23,6 +22,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/webhookgate/caddy-openai-webhook/internal/cfparse"
 	"github.com/webhookgate/caddy-openai-webhook/internal/lograte"
 	"github.com/webhookgate/caddy-openai-webhook/internal/verifier"
 	"github.com/webhookgate/caddy-openai-webhook/replaystore"
@@ -113,10 +113,15 @@ type Handler struct {
 	// type is forwarded, and bodies are never parsed for it.
 	Events []string `json:"events,omitempty"`
 
-	// Queue, when set, makes the handler terminal: verified deliveries are
-	// stored durably, answered 200, and delivered to the app in the
-	// background, with retries, instead of passed to the next handler.
-	Queue *Queue `json:"queue,omitempty"`
+	// SignWith is a Standard Webhooks secret ("whsec_" and base64) shared
+	// with the app only. With it, the request passed on carries a
+	// webhook-signature made with it over the exact verified body, in
+	// place of the sender's, with the delivery's webhook-id and
+	// webhook-timestamp: the app can verify that the request came through
+	// the gateway, with a standard library, without holding the sender's
+	// secret. Placeholders, such as {env.APP_WEBHOOK_SECRET}, are
+	// expanded when the config loads.
+	SignWith string `json:"sign_with,omitempty"`
 
 	// ReplayStoreRaw is where delivered ids are remembered: a module of
 	// the namespace http.openai_webhook.replay_stores, chosen by its
@@ -126,6 +131,7 @@ type Handler struct {
 	ReplayStoreRaw json.RawMessage `json:"replay_store,omitempty" caddy:"namespace=http.openai_webhook.replay_stores inline_key=backend"`
 
 	verifier    *verifier.Verifier
+	signKey     []byte       // sign_with's; nil without
 	events      *eventFilter // nil without events
 	budget      *budget
 	budgetKey   string            // the handler's share of budgets
@@ -156,8 +162,7 @@ func (pooledBudget) Destruct() error { return nil }
 
 // Provision sets the defaults, expands and decodes the secrets, builds the
 // verifier and the events filter, takes the handler's share of the budget
-// for unverified bodies, loads the replay store and the config's App, and
-// with a queue, the queue's store. Its errors name the field at fault and
+// for unverified bodies, and loads the replay store and the config's App. Its errors name the field at fault and
 // never contain a secret.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
@@ -196,6 +201,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.warnWrittenSecrets()
+	if h.SignWith != "" {
+		if h.signKey, err = expandSecret("sign_with", h.SignWith); err != nil {
+			return err
+		}
+	}
 	h.verifier, err = verifier.New(verifier.Config{Keys: keys, Tolerance: time.Duration(h.Tolerance)})
 	if err != nil {
 		return err
@@ -212,13 +222,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.budget = shared.(pooledBudget).budget
-	if err := h.provisionReplay(ctx, keys); err != nil {
-		return err
-	}
-	if h.Queue != nil {
-		return h.Queue.provision(ctx, h)
-	}
-	return nil
+	return h.provisionReplay(ctx, keys)
 }
 
 // Validate checks that every setting is within its range.
@@ -249,38 +253,38 @@ func expandSecrets(secrets []string) ([][]byte, error) {
 	if len(secrets) == 0 {
 		return nil, errors.New("secrets: at least one secret is required")
 	}
-	repl := caddy.NewReplacer()
 	keys := make([][]byte, 0, len(secrets))
 	for i, s := range secrets {
-		// The errors say which placeholder failed, never what it held.
-		expanded, err := repl.ReplaceOrErr(s, true, true)
+		key, err := expandSecret(fmt.Sprintf("secrets[%d]", i), s)
 		if err != nil {
-			return nil, fmt.Errorf("secrets[%d]: %w", i, err)
-		}
-		key, err := verifier.ParseSecret(expanded)
-		if err != nil {
-			return nil, fmt.Errorf("secrets[%d]: %w", i, err)
+			return nil, err
 		}
 		keys = append(keys, key)
 	}
 	return keys, nil
 }
 
+// expandSecret resolves the placeholders in the secret of field, and
+// decodes it. Its errors say which placeholder failed, never what it held.
+func expandSecret(field, secret string) ([]byte, error) {
+	expanded, err := caddy.NewReplacer().ReplaceOrErr(secret, true, true)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", field, err)
+	}
+	key, err := verifier.ParseSecret(expanded)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", field, err)
+	}
+	return key, nil
+}
+
 // warnWrittenSecrets warns of each secret written into the config itself
-// rather than given as a placeholder that Caddy expands at load: Caddy
-// saves the config it runs to disk (autosave.json) and serves it on its
-// admin API. A Caddyfile's {$NAME} counts as written: it is expanded when
-// the Caddyfile is adapted, into the JSON config.
+// (see cfparse.WarnIfWritten).
 func (h *Handler) warnWrittenSecrets() {
 	for i, s := range h.Secrets {
-		if strings.ContainsRune(s, '{') {
-			continue // a placeholder: no secret has a brace
-		}
-		h.logger.Warn("a secret is written into the config, which Caddy saves to disk and serves on its admin API (GET /config/); "+
-			"give it as a placeholder expanded at load instead, such as {env.OPENAI_WEBHOOK_SECRET} or {file./run/secrets/openai_webhook} "+
-			"({$OPENAI_WEBHOOK_SECRET} in a Caddyfile is expanded into the config too)",
-			zap.String("field", fmt.Sprintf("secrets[%d]", i)), zap.String("autosave", caddy.ConfigAutosavePath))
+		cfparse.WarnIfWritten(h.logger, fmt.Sprintf("secrets[%d]", i), s)
 	}
+	cfparse.WarnIfWritten(h.logger, "sign_with", h.SignWith)
 }
 
 // Cleanup releases the handler's share of its budget and leaves the store
@@ -288,9 +292,6 @@ func (h *Handler) warnWrittenSecrets() {
 // handler.)
 func (h *Handler) Cleanup() error {
 	storeStats.leave(h)
-	if h.Queue != nil {
-		h.Queue.cleanup()
-	}
 	if h.budgetKey == "" {
 		return nil
 	}
@@ -321,7 +322,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		msg.Discard()
 		return h.refuse(w, r, outcomeTooLarge, errBodyTooLarge, headers.ID)
 	}
-	d := new(delivery)
+	d := &delivery{h: h}
 	if err := h.readBody(w, r, &d.body, msg); err != nil {
 		msg.Discard()
 		return h.refuse(w, r, readOutcome(err), err, headers.ID)
@@ -346,13 +347,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		d.eventLabel = eventTypeLabel(typ)
 	}
-	switch {
-	case h.Queue != nil && h.replay == nil:
-		_, err := h.Queue.enqueue(w, r, h, d)
-		return err
-	case h.Queue != nil:
-		return h.queueOnce(w, r, d)
-	case h.replay == nil:
+	if h.replay == nil {
 		d.passedOn(outcomeForwarded)
 		return next.ServeHTTP(w, d.passOn(r))
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -471,5 +472,39 @@ func TestVerifiedCountedBySecret(t *testing.T) {
 			t.Errorf("signed by the secret at %s: its count rose by %v, the other's by %v; want 1 and 0",
 				tc.signer, signerAfter-signer, othersAfter-others)
 		}
+	}
+}
+
+// TestSignWith: with sign_with, the request passed on carries a signature
+// made with the app's secret over the exact bytes (here across chunks),
+// with the delivery's own id and timestamp, in place of the sender's: the
+// reference library accepts it under the app's secret, not the sender's.
+func TestSignWith(t *testing.T) {
+	const appSecret = "whsec_QXBwU2VjcmV0LW9ubHktdGhlLWFwcC1ob2xkcy1pdA=="
+	t.Setenv("OPENAI_WEBHOOK_TEST_APP_SECRET", appSecret)
+	h, _ := provisioned(t, &Handler{Secrets: []string{testSecret}, SignWith: "{env.OPENAI_WEBHOOK_TEST_APP_SECRET}"})
+	body := bytes.Repeat([]byte("y"), 3*chunkSize+5)
+	r := signedRequest(t, "wh_resigned", body, time.Now())
+	id, ts := r.Header.Get("webhook-id"), r.Header.Get("webhook-timestamp")
+	got, err := serve(h, r)
+	if err != nil || got.calls != 1 {
+		t.Fatalf("serve: %v, %d calls", err, got.calls)
+	}
+	app, err := standardwebhooks.NewWebhook(appSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sender, err := standardwebhooks.NewWebhook(webhooktest.Secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := app.Verify(got.body, got.header); err != nil {
+		t.Errorf("the request passed on does not verify under the app's secret: %v", err)
+	}
+	if err := sender.Verify(got.body, got.header); err == nil {
+		t.Error("the request passed on verifies under the sender's secret: its signature was passed on")
+	}
+	if got.header.Get("webhook-id") != id || got.header.Get("webhook-timestamp") != ts || len(got.header["Webhook-Signature"]) != 1 {
+		t.Errorf("headers passed on: %q", got.header)
 	}
 }

@@ -19,11 +19,9 @@ var (
 	outcomeForwarded        = outcome{"forwarded", 0}                                     // verified and passed to the next handler
 	outcomeDuplicate        = outcome{"duplicate", http.StatusOK}                         // verified, id already delivered: not forwarded
 	outcomeFiltered         = outcome{"filtered", http.StatusOK}                          // verified, type not in events: not forwarded
-	outcomeInFlight         = outcome{"in_flight", http.StatusConflict}                   // verified, id being forwarded or queued
-	outcomeStoreUnavailable = outcome{"store_unavailable", http.StatusServiceUnavailable} // verified, the replay store or the queue's store could not answer
+	outcomeInFlight         = outcome{"in_flight", http.StatusConflict}                   // verified, id being forwarded
+	outcomeStoreUnavailable = outcome{"store_unavailable", http.StatusServiceUnavailable} // verified, the replay store could not answer
 	outcomeUnchecked        = outcome{"unchecked", 0}                                     // verified, forwarded without the replay check: the store could not answer
-	outcomeQueued           = outcome{"queued", http.StatusOK}                            // verified and stored in the queue
-	outcomeQueueFull        = outcome{"queue_full", http.StatusServiceUnavailable}        // verified, the queue holds max_pending
 	outcomeMalformed        = outcome{"malformed", http.StatusUnauthorized}               // missing, repeated or malformed headers
 	outcomeStale            = outcome{"stale", http.StatusUnauthorized}                   // timestamp outside the tolerance
 	outcomeBadSignature     = outcome{"bad_signature", http.StatusUnauthorized}           // no entry matches
@@ -37,7 +35,7 @@ var (
 
 // outcomes lists every outcome, for the series a handler resolves once.
 var outcomes = []outcome{outcomeForwarded, outcomeDuplicate, outcomeFiltered, outcomeInFlight, outcomeStoreUnavailable,
-	outcomeUnchecked, outcomeQueued, outcomeQueueFull, outcomeMalformed, outcomeStale, outcomeBadSignature, outcomeTooLarge,
+	outcomeUnchecked, outcomeMalformed, outcomeStale, outcomeBadSignature, outcomeTooLarge,
 	outcomeBodyTimeout, outcomeOverloaded, outcomeUnreadableBody, outcomeBadFraming, outcomeMethodNotAllowed}
 
 // verdictOutcome names a refusal by the verifier.

@@ -117,7 +117,6 @@ func (h *Handler) forwardOnce(w http.ResponseWriter, r *http.Request, next caddy
 		return next.ServeHTTP(w, r)
 	}
 	d.passedOn(outcomeForwarded)
-	d.h = h
 	rec := caddyhttp.NewResponseRecorder(w, nil, d.beforeStatus)
 	returned := false
 	// Deferred, so that it also runs when next panics, as reverse_proxy
@@ -150,26 +149,12 @@ func (d *delivery) beforeStatus(status int, _ http.Header) bool {
 	return false
 }
 
-// queueOnce queues a verified delivery unless claimID answered it. The id
-// counts as delivered once the delivery is stored: the app will get it from
-// the queue.
-func (h *Handler) queueOnce(w http.ResponseWriter, r *http.Request, d *delivery) error {
-	if answered, err := h.claimID(w, r, d); answered {
-		return err
-	}
-	stored, err := h.Queue.enqueue(w, r, h, d)
-	if d.claim.checked {
-		h.settle(d, stored)
-	}
-	return err
-}
-
 // storeRetryAfter is the Retry-After of a 503 for a store that could not
 // answer, in seconds.
 const storeRetryAfter = "5"
 
 var (
-	errInFlight         = errors.New("a delivery with this webhook-id is being forwarded or queued")
+	errInFlight         = errors.New("a delivery with this webhook-id is being forwarded")
 	errStoreUnavailable = errors.New("the replay store could not tell whether this webhook-id was delivered")
 )
 

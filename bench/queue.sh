@@ -74,12 +74,11 @@ site() {
 }
 queue_site() {
 	cat <<EOF
-	openai_webhook {env.OPENAI_WEBHOOK_SECRET} {
-		queue {
-			to $1
-			$2
-			max_pending 1000000
-		}
+	openai_webhook {env.OPENAI_WEBHOOK_SECRET}
+	webhook_queue {
+		to $1
+		$2
+		max_pending 1000000
 	}
 EOF
 }
@@ -87,7 +86,7 @@ EOF
 delivered() { curl -fsS "http://127.0.0.1:$FAST/__stats" | jq '.requests'; }
 # backlog: the messages of the running queue not yet delivered.
 backlog() {
-	curl -fsS "http://127.0.0.1:$ADMIN/openai-webhook/queues" | jq '[.[].counts | .pending + .scheduled + .in_flight] | add // 0'
+	curl -fsS "http://127.0.0.1:$ADMIN/webhook-queue/queues" | jq '[.[].counts | .pending + .scheduled + .in_flight] | add // 0'
 }
 
 # Each run has a Caddy of its own and a store of its own (a new file, an

@@ -314,6 +314,7 @@ type caddyConfig struct {
 	Proxy        string // the reverse_proxy block
 	UpstreamPort int
 	Routes       string   // the site's directives after openai_webhook, instead of the reverse_proxy
+	Sites        string   // more site blocks, after the gateway's
 	Env          []string // more of Caddy's environment, NAME=value
 }
 
@@ -401,7 +402,9 @@ func (c *caddyServer) writeConfig(t *testing.T, cfg caddyConfig) {
 	}
 	%s
 }
-`, c.admin, cfg.Global, c.url, cfg.Site, cfg.Handler, cfg.Routes)
+
+%s
+`, c.admin, cfg.Global, c.url, cfg.Site, cfg.Handler, cfg.Routes, cfg.Sites)
 	if err := os.WriteFile(c.config, []byte(caddyfile), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -17,7 +17,13 @@ import (
 // the secret in its environment, and returns its output and exit code.
 func (e *e2e) command(t *testing.T, stdin string, args ...string) (string, int) {
 	t.Helper()
-	cmd := exec.CommandContext(e.ctx, e.bin, append([]string{"openai-webhook"}, args...)...)
+	return e.run(t, stdin, append([]string{"openai-webhook"}, args...)...)
+}
+
+// run runs `caddy args...` of the built binary, as command does.
+func (e *e2e) run(t *testing.T, stdin string, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.CommandContext(e.ctx, e.bin, args...)
 	cmd.Env = append(os.Environ(), "OPENAI_WEBHOOK_SECRET="+webhooktest.Secret)
 	cmd.Stdin = strings.NewReader(stdin)
 	cmd.WaitDelay = 5 * time.Second

@@ -9,9 +9,12 @@ import (
 	"fmt"
 	"net/url"
 	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/dustin/go-humanize"
+	"go.uber.org/zap"
 )
 
 // ErrOneValue is the error of an option given no value, or more than one.
@@ -77,4 +80,33 @@ func HTTPURL(v string) (*url.URL, error) {
 		return nil, ErrNotHTTPURL
 	}
 	return u, nil
+}
+
+// Size parses a size in Caddy's syntax ("64KiB", "1MB"), from 1 byte to
+// limit.
+func Size(v string, limit uint64) (int64, error) {
+	size, err := humanize.ParseBytes(v)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a size (such as 64KiB or 1MB)", v)
+	}
+	if size == 0 || size > limit {
+		return 0, fmt.Errorf("%q is not between 1 byte and %s", v, humanize.IBytes(limit))
+	}
+	return int64(size), nil
+}
+
+// WarnIfWritten warns, on logger, when the secret of field is written into
+// the config itself rather than given as a placeholder that Caddy expands
+// at load: Caddy saves the config it runs to disk (autosave.json) and
+// serves it on its admin API. A Caddyfile's {$NAME} counts as written: it
+// is expanded when the Caddyfile is adapted, into the JSON config. The
+// secret is never logged.
+func WarnIfWritten(logger *zap.Logger, field, secret string) {
+	if secret == "" || strings.ContainsRune(secret, '{') {
+		return // none, or a placeholder: no secret has a brace
+	}
+	logger.Warn("a secret is written into the config, which Caddy saves to disk and serves on its admin API (GET /config/); "+
+		"give it as a placeholder expanded at load instead, such as {env.OPENAI_WEBHOOK_SECRET} or {file./run/secrets/openai_webhook} "+
+		"({$OPENAI_WEBHOOK_SECRET} in a Caddyfile is expanded into the config too)",
+		zap.String("field", field), zap.String("autosave", caddy.ConfigAutosavePath))
 }

@@ -44,6 +44,9 @@ type Options struct {
 	// write (appendonly yes, appendfsync always), and a noeviction memory
 	// policy: what a queue needs. The data then outlives Stop and Start.
 	Durable bool
+	// Args are more redis-server arguments, after the others: e.g.
+	// "--no-appendfsync-on-rewrite", "yes".
+	Args []string
 }
 
 // Server is a running redis-server.
@@ -108,6 +111,7 @@ func (s *Server) Start() {
 	} else if s.opts.Password != "" {
 		args = append(args, "--requirepass", s.opts.Password)
 	}
+	args = append(args, s.opts.Args...)
 	s.cmd = exec.Command("redis-server", args...)
 	s.cmd.Stdout, s.cmd.Stderr = os.Stderr, os.Stderr
 	if err := s.cmd.Start(); err != nil {

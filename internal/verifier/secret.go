@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"hash"
 	"strings"
 )
 
@@ -166,20 +167,44 @@ func isBase64(c rune) bool {
 
 // Sign returns the webhook-signature entry, "v1,<base64>", for a delivery
 // of body with id and timestamp under key: what a sender such as OpenAI
-// puts in the header, for tools that send test deliveries. It checks id and
-// timestamp as the verifier would.
+// puts in the header, for tools that send test deliveries and for a
+// gateway that signs what it passes on. It checks id and timestamp as the
+// verifier would.
 func Sign(key []byte, id, timestamp string, body []byte) (string, error) {
-	if err := CheckID(id); err != nil {
+	s, err := NewSignature(key, id, timestamp)
+	if err != nil {
 		return "", err
+	}
+	_, _ = s.Write(body)
+	return s.String(), nil
+}
+
+// Signature is a v1 signature being made over a body written to it in
+// parts, for a body held in pieces.
+type Signature struct{ mac hash.Hash }
+
+// NewSignature starts the signature of a delivery with id and timestamp
+// under key; its body is to be written to it. It checks id and timestamp
+// as the verifier would.
+func NewSignature(key []byte, id, timestamp string) (*Signature, error) {
+	if err := CheckID(id); err != nil {
+		return nil, err
 	}
 	if _, err := ParseTimestamp(timestamp); err != nil {
-		return "", err
+		return nil, err
 	}
 	if len(key) < MinKeyLen || len(key) > MaxKeyLen {
-		return "", fmt.Errorf("key is %d bytes, want %d to %d", len(key), MinKeyLen, MaxKeyLen)
+		return nil, fmt.Errorf("key is %d bytes, want %d to %d", len(key), MinKeyLen, MaxKeyLen)
 	}
 	mac := hmac.New(sha256.New, key)
 	_, _ = mac.Write([]byte(id + "." + timestamp + "."))
-	_, _ = mac.Write(body)
-	return signatureVersion + base64.StdEncoding.EncodeToString(mac.Sum(nil)), nil
+	return &Signature{mac: mac}, nil
+}
+
+// Write adds the next part of the body. It never fails.
+func (s *Signature) Write(p []byte) (int, error) { return s.mac.Write(p) }
+
+// String returns the webhook-signature entry for the body written so far.
+func (s *Signature) String() string {
+	return signatureVersion + base64.StdEncoding.EncodeToString(s.mac.Sum(nil))
 }

@@ -1,4 +1,4 @@
-package openaiwebhook
+package webhookqueue
 
 import (
 	"encoding/json"
@@ -11,20 +11,20 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
-	"github.com/webhookgate/caddy-openai-webhook/internal/redact"
-	"github.com/webhookgate/caddy-openai-webhook/queue"
+	"github.com/webhookgate/caddy-openai-webhook/queuestore"
 )
 
 func init() {
 	caddy.RegisterModule(AdminAPI{})
 }
 
-// AdminAPI exposes the queues of openai_webhook on Caddy's admin endpoint:
+// AdminAPI exposes the running queues on Caddy's admin endpoint:
 //
-//	GET  /openai-webhook/queues                        each queue's counts
-//	GET  /openai-webhook/queues/dead?queue=&limit=     dead letters, without bodies
-//	POST /openai-webhook/queues/retry?queue=[&id=]     retry one dead letter, or all
-//	POST /openai-webhook/queues/drop?queue=&id=        drop one dead letter
+//	GET  /webhook-queue/queues                          each queue's counts
+//	GET  /webhook-queue/queues/dead?queue=&limit=       dead letters, without bodies
+//	POST /webhook-queue/queues/retry?queue=&id=         retry one dead letter
+//	POST /webhook-queue/queues/retry?queue=&all=true    retry every dead letter
+//	POST /webhook-queue/queues/drop?queue=&id=          drop one dead letter
 //
 // queue may be left out while one queue runs. Dead letters show their ids,
 // when they were received, and every attempt's time, status and error;
@@ -34,7 +34,7 @@ type AdminAPI struct{}
 // CaddyModule returns the Caddy module information.
 func (AdminAPI) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
-		ID:  "admin.api.openai_webhook",
+		ID:  "admin.api.webhook_queue",
 		New: func() caddy.Module { return new(AdminAPI) },
 	}
 }
@@ -42,18 +42,20 @@ func (AdminAPI) CaddyModule() caddy.ModuleInfo {
 // Routes implements caddy.AdminRouter.
 func (a AdminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{
-		{Pattern: "/openai-webhook/queues", Handler: caddy.AdminHandlerFunc(a.list)},
-		{Pattern: "/openai-webhook/queues/dead", Handler: caddy.AdminHandlerFunc(a.dead)},
-		{Pattern: "/openai-webhook/queues/retry", Handler: caddy.AdminHandlerFunc(a.retry)},
-		{Pattern: "/openai-webhook/queues/drop", Handler: caddy.AdminHandlerFunc(a.drop)},
+		{Pattern: "/webhook-queue/queues", Handler: caddy.AdminHandlerFunc(a.list)},
+		{Pattern: "/webhook-queue/queues/dead", Handler: caddy.AdminHandlerFunc(a.dead)},
+		{Pattern: "/webhook-queue/queues/retry", Handler: caddy.AdminHandlerFunc(a.retry)},
+		{Pattern: "/webhook-queue/queues/drop", Handler: caddy.AdminHandlerFunc(a.drop)},
 	}
 }
 
-// queueStatus is a queue as the API lists it.
+// queueStatus is a queue as the API lists it: its counts, or the error
+// that kept its store from counting (the others are listed anyway).
 type queueStatus struct {
-	Name   string       `json:"name"`
-	To     string       `json:"to"`
-	Counts queue.Counts `json:"counts"`
+	Name   string             `json:"name"`
+	To     string             `json:"to"`
+	Counts *queuestore.Counts `json:"counts,omitempty"`
+	Error  string             `json:"error,omitempty"`
 }
 
 func (AdminAPI) list(w http.ResponseWriter, r *http.Request) error {
@@ -61,12 +63,15 @@ func (AdminAPI) list(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	list := []queueStatus{}
-	for _, q := range queues.all() {
-		c, err := q.store.Counts(r.Context())
-		if err != nil {
-			return caddy.APIError{HTTPStatus: http.StatusBadGateway, Err: fmt.Errorf("%s: %w", q.store.Name(), err)}
+	for _, q := range running.all() {
+		s := queueStatus{Name: q.store.Name(), To: q.shownTo()}
+		if c, err := q.store.Counts(r.Context()); err != nil {
+			q.storeFailed("counts", err)
+			s.Error = err.Error()
+		} else {
+			s.Counts = &c
 		}
-		list = append(list, queueStatus{Name: q.store.Name(), To: redact.URL(q.target), Counts: c})
+		list = append(list, s)
 	}
 	return writeJSON(w, list)
 }
@@ -90,6 +95,7 @@ func (AdminAPI) dead(w http.ResponseWriter, r *http.Request) error {
 	}
 	dead, err := q.store.Dead(r.Context(), limit)
 	if err != nil {
+		q.storeFailed("dead", err)
 		return caddy.APIError{HTTPStatus: http.StatusBadGateway, Err: err}
 	}
 	shown := make([]deadLetter, 0, len(dead))
@@ -103,11 +109,11 @@ func (AdminAPI) dead(w http.ResponseWriter, r *http.Request) error {
 // received, its attempts, and how many since it was stored or retried by
 // hand; never its body or a header.
 type deadLetter struct {
-	ID        string    `json:"id"`
-	WebhookID string    `json:"webhook_id"`
-	Received  time.Time `json:"received"`
-	Attempts  []attempt `json:"attempts"`
-	Tries     int       `json:"tries"`
+	ID         string    `json:"id"`
+	DeliveryID string    `json:"delivery_id,omitempty"`
+	Received   time.Time `json:"received"`
+	Attempts   []attempt `json:"attempts"`
+	Tries      int       `json:"tries"`
 }
 
 // attempt is an attempt as the API shows it, its duration as Go prints
@@ -119,8 +125,8 @@ type attempt struct {
 	Error    string    `json:"error,omitempty"`
 }
 
-func newDeadLetter(m queue.Message) deadLetter {
-	d := deadLetter{ID: m.ID, WebhookID: m.WebhookID, Received: m.Received, Attempts: []attempt{}, Tries: m.Tries}
+func newDeadLetter(m queuestore.Message) deadLetter {
+	d := deadLetter{ID: m.ID, DeliveryID: m.DeliveryID, Received: m.Received, Attempts: []attempt{}, Tries: m.Tries}
 	for _, a := range m.Attempts {
 		d.Attempts = append(d.Attempts, attempt{At: a.At, Duration: a.Duration.String(), Status: a.Status, Error: a.Error})
 	}
@@ -135,11 +141,22 @@ func (AdminAPI) retry(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	n, err := q.store.Revive(r.Context(), r.URL.Query().Get("id"))
-	if err != nil {
-		return storeError(err)
+	id, all := r.URL.Query().Get("id"), r.URL.Query().Get("all") == "true"
+	var n int
+	switch {
+	case id != "" && all, id == "" && !all:
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New("give the dead letter's id, or all=true for every one")}
+	case all:
+		n, err = q.store.ReviveAll(r.Context())
+	default:
+		err = q.store.Revive(r.Context(), id)
+		n = 1
 	}
-	q.logger.Info("dead letters retried by hand", zap.Int("count", n), zap.String("queue_id", r.URL.Query().Get("id")))
+	if err != nil {
+		return storeError(q, "revive", err)
+	}
+	q.wakeWorker()
+	q.logger.Info("dead letters retried by hand", zap.String("queue", q.store.Name()), zap.Int("count", n), zap.String("queue_id", id))
 	return writeJSON(w, map[string]any{"queue": q.store.Name(), "retried": n})
 }
 
@@ -156,9 +173,9 @@ func (AdminAPI) drop(w http.ResponseWriter, r *http.Request) error {
 		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New("id: the dead letter to drop is required")}
 	}
 	if err := q.store.Drop(r.Context(), id); err != nil {
-		return storeError(err)
+		return storeError(q, "drop", err)
 	}
-	q.logger.Info("dead letter dropped by hand", zap.String("queue_id", id))
+	q.logger.Info("dead letter dropped by hand", zap.String("queue", q.store.Name()), zap.String("queue_id", id))
 	return writeJSON(w, map[string]any{"queue": q.store.Name(), "dropped": id})
 }
 
@@ -169,18 +186,21 @@ func method(r *http.Request, want string) error {
 	return nil
 }
 
-func findQueue(r *http.Request) (*Queue, error) {
-	q, err := queues.find(r.URL.Query().Get("queue"))
+func findQueue(r *http.Request) (*queue, error) {
+	q, err := running.find(r.URL.Query().Get("queue"))
 	if err != nil {
 		return nil, caddy.APIError{HTTPStatus: http.StatusNotFound, Err: err}
 	}
 	return q, nil
 }
 
-func storeError(err error) error {
-	if errors.Is(err, queue.ErrNotFound) {
+// storeError is the API's error for a store call that failed: 404 for no
+// such message, else 502, counted as a store failure.
+func storeError(q *queue, operation string, err error) error {
+	if errors.Is(err, queuestore.ErrNotFound) {
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: err}
 	}
+	q.storeFailed(operation, err)
 	return caddy.APIError{HTTPStatus: http.StatusBadGateway, Err: err}
 }
 
