@@ -46,8 +46,8 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
 	_ "github.com/webhookgate/caddy-openai-webhook"
-	_ "github.com/webhookgate/caddy-openai-webhook/queue"
 	_ "github.com/webhookgate/caddy-openai-webhook/replaystore"
+	_ "github.com/webhookgate/caddy-openai-webhook/webhookqueue"
 )
 
 // repoRoot is the repository root, relative to this package's directory

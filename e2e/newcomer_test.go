@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -171,7 +172,9 @@ func TestSecretWrittenIntoConfig(t *testing.T) {
 }
 
 // TestModulesListedInDocs: the sample output of `caddy list-modules | grep
-// …` in docs/production.md is what the built Caddy lists.
+// …` in docs/production.md is what the built Caddy lists. The pattern is a
+// plain string, or, after -E, an extended regular expression in single
+// quotes ('openai_webhook|webhook_queue'), which Go's regexp reads alike.
 func TestModulesListedInDocs(t *testing.T) {
 	e := setup(t)
 	doc, err := os.ReadFile(filepath.Join(e.root, "docs", "production.md"))
@@ -183,7 +186,7 @@ func TestModulesListedInDocs(t *testing.T) {
 	var want []string
 	for i, line := range lines {
 		if _, after, ok := strings.Cut(line, "./caddy list-modules | grep "); ok {
-			pattern = after
+			pattern = strings.TrimSpace(after)
 			for _, sample := range lines[i+1:] {
 				module, ok := strings.CutPrefix(sample, "# ")
 				if !ok {
@@ -197,13 +200,25 @@ func TestModulesListedInDocs(t *testing.T) {
 	if pattern == "" || len(want) == 0 {
 		t.Fatal("docs/production.md has no `./caddy list-modules | grep …` with its output below it")
 	}
+	expr := regexp.QuoteMeta(pattern)
+	if extended, ok := strings.CutPrefix(pattern, "-E "); ok {
+		quoted := strings.TrimSpace(extended)
+		if len(quoted) < 2 || quoted[0] != '\'' || quoted[len(quoted)-1] != '\'' {
+			t.Fatalf("docs/production.md: grep -E %s: want the pattern in single quotes", quoted)
+		}
+		expr = quoted[1 : len(quoted)-1]
+	}
+	match, err := regexp.Compile(expr)
+	if err != nil {
+		t.Fatalf("docs/production.md: grep %s: %v", pattern, err)
+	}
 	out, err := exec.CommandContext(e.ctx, e.bin, "list-modules").Output()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var got []string
 	for _, module := range strings.Split(string(out), "\n") {
-		if strings.Contains(module, pattern) {
+		if match.MatchString(module) {
 			got = append(got, module)
 		}
 	}
