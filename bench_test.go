@@ -369,7 +369,7 @@ func BenchmarkStep(b *testing.B) {
 		}
 	})
 	b.Run("counters-resolved-once", func(b *testing.B) { // requests and verified, as the handler counts them
-		s := newServerSeries("srv0", 1)
+		s := openAIFace.metrics.forServer("srv0", 1)
 		b.ReportAllocs()
 		for b.Loop() {
 			s.requests[outcomeForwarded.name].Inc()
@@ -379,8 +379,8 @@ func BenchmarkStep(b *testing.B) {
 	b.Run("counters-looked-up", func(b *testing.B) { // the same through WithLabelValues, as before
 		b.ReportAllocs()
 		for b.Loop() {
-			requestsTotal.WithLabelValues("srv0", outcomeForwarded.name).Inc()
-			verifiedTotal.WithLabelValues("srv0", "0").Inc()
+			openAIFace.metrics.requests.WithLabelValues("srv0", outcomeForwarded.name).Inc()
+			openAIFace.metrics.verified.WithLabelValues("srv0", "0").Inc()
 		}
 	})
 	b.Run("read-deadline-set-and-cleared", func(b *testing.B) { // on a TCP connection, as for HTTP/1

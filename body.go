@@ -154,12 +154,15 @@ func (b *bufferedBody) view(fn func([]byte) bool) bool {
 	return fn(raw)
 }
 
-// writeTo writes the whole body to w, which must not fail (a hash).
-func (b *bufferedBody) writeTo(w io.Writer) {
+// all yields the whole body, chunk by chunk: an iter.Seq. The chunks are
+// valid only until yield returns.
+func (b *bufferedBody) all(yield func([]byte) bool) {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
 	for off := int64(0); off < b.size; off += chunkSize {
-		_, _ = w.Write(b.chunks[off/chunkSize][:min(chunkSize, b.size-off)])
+		if !yield(b.chunks[off/chunkSize][:min(chunkSize, b.size-off)]) {
+			return
+		}
 	}
 }
 

@@ -21,12 +21,54 @@ func init() {
 	// request (reverse_proxy, php_fastcgi, respond, file_server), so the
 	// directive needs no order option or route block.
 	httpcaddyfile.RegisterDirectiveOrder("openai_webhook", httpcaddyfile.Before, "basic_auth")
+	httpcaddyfile.RegisterHandlerDirective("standard_webhooks", parseStandardCaddyfile)
+	httpcaddyfile.RegisterDirectiveOrder("standard_webhooks", httpcaddyfile.Before, "basic_auth")
 }
 
 func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	m := new(Handler)
 	err := m.UnmarshalCaddyfile(h.Dispenser)
 	return m, err
+}
+
+func parseStandardCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(StandardWebhooks)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+// that of openai_webhook, and
+//
+//	standard_webhooks [<matcher>] [<secret>] {
+//		headers    auto|webhook|svix
+//		public_key <whpk_ key>
+//		...
+//	}
+//
+// public_key may be repeated.
+func (s *StandardWebhooks) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	return s.unmarshal(d, func(name string) (bool, error) {
+		var err error
+		switch name {
+		case "headers":
+			if s.Headers != "" {
+				return true, d.Err("headers: given twice")
+			}
+			s.Headers, err = cfparse.With(d, func(v string) (string, error) { return v, checkHeaders(v) })
+		case "public_key":
+			var key string
+			if key, err = cfparse.One(d); err == nil {
+				s.PublicKeys = append(s.PublicKeys, key)
+			}
+		default:
+			return false, nil
+		}
+		if err != nil {
+			return true, d.Errf("%s: %v", name, err)
+		}
+		return true, nil
+	})
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
@@ -46,16 +88,29 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // secret and events may be repeated; every secret given is accepted, and
 // every event type or family given passes.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	return h.unmarshal(d, func(string) (bool, error) { return false, nil })
+}
+
+// unmarshal reads the directive's tokens; more reads the subdirectives
+// of the directive's own, and reports whether name was one.
+func (h *Handler) unmarshal(d *caddyfile.Dispenser, more func(name string) (bool, error)) error {
 	d.Next() // consume directive name
+	directive := d.Val()
 	if d.NextArg() {
 		h.Secrets = append(h.Secrets, d.Val())
 		if d.NextArg() {
 			// Not ArgErr: it would quote the second argument, likely a secret.
-			return d.Err("openai_webhook takes at most one secret argument; give more with secret lines in its block")
+			return d.Errf("%s takes at most one secret argument; give more with secret lines in its block", directive)
 		}
 	}
 	for d.NextBlock(0) {
 		name := d.Val()
+		if ok, err := more(name); ok || err != nil {
+			if err != nil {
+				return err
+			}
+			continue
+		}
 		var err error
 		switch name {
 		case "secret":
@@ -94,16 +149,29 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 		default:
-			if strings.HasPrefix(name, verifier.SecretPrefix) {
-				return d.Err("unrecognized openai_webhook subdirective that looks like a secret: write secret <secret>")
+			if looksLikeKey(name) {
+				return d.Errf("unrecognized %s subdirective that looks like a secret or key: write secret <secret>", directive)
 			}
-			return d.Errf("unrecognized openai_webhook subdirective %q", name)
+			return d.Errf("unrecognized %s subdirective %q", directive, name)
 		}
 		if err != nil {
 			return d.Errf("%s: %v", name, err)
 		}
 	}
 	return nil
+}
+
+// looksLikeKey reports whether a token is, likely, a secret or a key
+// written where a subdirective was expected, which an error must not
+// quote.
+func looksLikeKey(token string) bool {
+	for _, prefix := range []string{verifier.SecretPrefix, verifier.SupabaseSecretPrefix, verifier.SigningKeyPrefix, verifier.PublicKeyPrefix} {
+		if strings.HasPrefix(token, prefix) {
+			return true
+		}
+	}
+	_, err := verifier.ParseHMACSecret(token)
+	return err == nil
 }
 
 // unmarshalReplayStore reads `replay_store <module> [{...}]` into the

@@ -275,3 +275,63 @@ func canonicalJSON(t *testing.T, raw []byte) string {
 	}
 	return string(out)
 }
+
+// TestUnmarshalStandardCaddyfile: standard_webhooks takes openai_webhook's
+// syntax and its own subdirectives, as the JSON it becomes.
+func TestUnmarshalStandardCaddyfile(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		input   string
+		want    string // the handler's JSON
+		wantErr string
+	}{
+		{
+			name:  "secret argument",
+			input: `standard_webhooks {env.SECRET}`,
+			want:  `{"secrets":["{env.SECRET}"]}`,
+		},
+		{
+			name: "every subdirective of its own, and one of openai_webhook's",
+			input: `standard_webhooks {
+				headers svix
+				public_key {env.NEW_KEY}
+				public_key {env.OLD_KEY}
+				tolerance 2m
+			}`,
+			want: `{"headers":"svix","public_keys":["{env.NEW_KEY}","{env.OLD_KEY}"],"tolerance":120000000000}`,
+		},
+		{name: "headers twice", input: "standard_webhooks {\n headers svix\n headers auto\n}", wantErr: "headers: given twice"},
+		{name: "unknown headers", input: "standard_webhooks {\n headers stripe\n}", wantErr: `headers: "stripe" is not one of auto, webhook, svix`},
+		{name: "public_key without value", input: "standard_webhooks {\n public_key\n}", wantErr: "public_key: takes exactly one value"},
+		{name: "a secret where a subdirective goes", input: "standard_webhooks {\n whsec_pw-c2VjcmV0\n}",
+			wantErr: "unrecognized standard_webhooks subdirective that looks like a secret or key"},
+		{name: "a bare base64 secret where a subdirective goes", input: "standard_webhooks {\n YSBiYXJlIGJhc2U2NCBzZWNyZXQgb2YgMzIgYnl0ZXM=\n}",
+			wantErr: "unrecognized standard_webhooks subdirective that looks like a secret or key"},
+		{name: "two arguments", input: `standard_webhooks {env.A} {env.B}`, wantErr: "standard_webhooks takes at most one secret argument"},
+		{name: "unknown subdirective", input: "standard_webhooks {\n svix\n}", wantErr: `unrecognized standard_webhooks subdirective "svix"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got StandardWebhooks
+			err := got.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
+				}
+				if strings.Contains(err.Error(), "pw-") {
+					t.Fatalf("error shows a credential: %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, err := json.Marshal(&got)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if gotJSON, want := canonicalJSON(t, raw), canonicalJSON(t, []byte(tc.want)); gotJSON != want {
+				t.Fatalf("got  %s\nwant %s", gotJSON, want)
+			}
+		})
+	}
+}

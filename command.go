@@ -31,8 +31,10 @@ func init() {
 and judge a captured one offline.
 
 Commands that sign or verify take the secret from --secret or, better (it
-stays out of shell history), from OPENAI_WEBHOOK_SECRET. No command prints
-a secret it was given.`,
+stays out of shell history), from OPENAI_WEBHOOK_SECRET; those that sign
+take an ed25519 signing key instead from --key or OPENAI_WEBHOOK_SIGNING_KEY,
+and verify takes public keys from --public-key. No command prints a secret
+or a signing key it was given.`,
 		CobraFunc: addCommands,
 	})
 }
@@ -46,51 +48,6 @@ func addCommands(cmd *cobra.Command) {
 // clock is the commands' time: verify judges freshness against it, sign
 // and send sign with it. Tests fix it.
 var clock = time.Now
-
-// secretEnv names the environment variable commands read the secret from.
-const secretEnv = "OPENAI_WEBHOOK_SECRET"
-
-// secretFlag adds --secret to cmd.
-func secretFlag(cmd *cobra.Command, usage string) {
-	cmd.Flags().StringArray("secret", nil, usage+" (default: $"+secretEnv+")")
-}
-
-// keysOf returns the decoded secrets given by --secret, or else by
-// OPENAI_WEBHOOK_SECRET. Its errors never show a secret.
-func keysOf(cmd *cobra.Command) ([][]byte, error) {
-	secrets, _ := cmd.Flags().GetStringArray("secret")
-	source := "--secret"
-	if len(secrets) == 0 {
-		source = "$" + secretEnv
-		if s := os.Getenv(secretEnv); s != "" {
-			secrets = []string{s}
-		}
-	}
-	if len(secrets) == 0 {
-		return nil, fmt.Errorf("no secret: give --secret or set %s", secretEnv)
-	}
-	keys := make([][]byte, len(secrets))
-	for i, s := range secrets {
-		key, err := verifier.ParseSecret(s)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", source, err)
-		}
-		keys[i] = key
-	}
-	return keys, nil
-}
-
-// oneKey is keysOf for commands that sign, with one secret.
-func oneKey(cmd *cobra.Command) ([]byte, error) {
-	keys, err := keysOf(cmd)
-	if err != nil {
-		return nil, err
-	}
-	if len(keys) > 1 {
-		return nil, errors.New("--secret: give one secret to sign with")
-	}
-	return keys[0], nil
-}
 
 // maxBodyArg bounds a body read from a file or standard input: the largest
 // max_size.
@@ -127,8 +84,8 @@ func randomHex(n int) string {
 
 // deliveryHeaders returns the id and timestamp given by --id and
 // --timestamp, or a new OpenAI-shaped id and the current time, and the
-// signature of body under key.
-func deliveryHeaders(cmd *cobra.Command, key []byte, body []byte, now time.Time) (verifier.Headers, error) {
+// signature of body by sign.
+func deliveryHeaders(cmd *cobra.Command, sign signer, body []byte, now time.Time) (verifier.Headers, error) {
 	h := verifier.Headers{ID: "wh_" + randomHex(16), Timestamp: strconv.FormatInt(now.Unix(), 10)}
 	if id, _ := cmd.Flags().GetString("id"); id != "" {
 		if err := verifier.CheckID(id); err != nil {
@@ -143,39 +100,90 @@ func deliveryHeaders(cmd *cobra.Command, key []byte, body []byte, now time.Time)
 		h.Timestamp = ts
 	}
 	var err error
-	h.Signature, err = verifier.Sign(key, h.ID, h.Timestamp, body)
+	h.Signature, err = sign(h.ID, h.Timestamp, body)
 	return h, err
 }
 
 // idFlags adds --id and --timestamp to cmd.
 func idFlags(cmd *cobra.Command) {
-	cmd.Flags().String("id", "", "webhook-id (default: a new wh_... id)")
-	cmd.Flags().String("timestamp", "", "webhook-timestamp, Unix seconds (default: now)")
+	cmd.Flags().String("id", "", "the delivery's id, webhook-id or svix-id (default: a new wh_... id)")
+	cmd.Flags().String("timestamp", "", "the delivery's timestamp, Unix seconds (default: now)")
+}
+
+// familyFlag adds --headers to cmd, a command that signs.
+func familyFlag(cmd *cobra.Command) {
+	cmd.Flags().String("headers", verifier.FamilyWebhook.String(),
+		"the signature headers' names: webhook (webhook-id, webhook-timestamp, webhook-signature) or svix (svix-id, svix-timestamp, svix-signature)")
+}
+
+// familyOf returns the header names --headers chooses.
+func familyOf(cmd *cobra.Command) (verifier.HeaderNames, error) {
+	name, _ := cmd.Flags().GetString("headers")
+	for _, f := range verifier.Families {
+		if f.String() == name {
+			return f.Names(), nil
+		}
+	}
+	// Not quoted: a misplaced argument can be a secret.
+	return verifier.HeaderNames{}, errors.New("--headers: give webhook or svix")
 }
 
 func secretCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:   "secret",
-		Short: "Print a new signing secret: whsec_ and 32 random bytes in base64",
-		Args:  cli.NoArgs,
+	cmd := &cobra.Command{
+		Use:   "secret [--asymmetric]",
+		Short: "Print a new signing secret (whsec_), or with --asymmetric a new ed25519 key pair (whsk_, whpk_)",
+		Long: `Prints a new HMAC signing secret: whsec_ and 32 random bytes in standard
+base64, one line, for --secret and OPENAI_WEBHOOK_SECRET, and for the handler.
+
+With --asymmetric, prints a new ed25519 key pair for v1a signatures instead,
+one key a line, each after a label and ": ":
+
+  signing key (keep secret): whsk_<base64 of the 64-byte private key>
+  public key: whpk_<base64 of the 32-byte public key>
+
+The signing key signs (sign and send --key, or OPENAI_WEBHOOK_SIGNING_KEY) and
+stays with the sender; the public key verifies (verify --public-key, and the
+public_key option of standard_webhooks) and may be shown to anyone.`,
+		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			out := cmd.OutOrStdout()
+			if asymmetric, _ := cmd.Flags().GetBool("asymmetric"); asymmetric {
+				signing, public, err := verifier.GenerateKeyPair(nil)
+				if err != nil {
+					return err
+				}
+				_, err = fmt.Fprintf(out, "signing key (keep secret): %s\npublic key: %s\n", signing, public)
+				return err
+			}
 			key := make([]byte, 32)
 			_, _ = rand.Read(key)
-			_, err := fmt.Fprintln(cmd.OutOrStdout(), verifier.SecretPrefix+base64.StdEncoding.EncodeToString(key))
+			_, err := fmt.Fprintln(out, verifier.SecretPrefix+base64.StdEncoding.EncodeToString(key))
 			return err
 		},
 	}
+	cmd.Flags().Bool("asymmetric", false, "print a new ed25519 key pair (whsk_ signing key, whpk_ public key) instead of a secret")
+	return cmd
 }
 
 func signCommand() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "sign [--secret S] [--id ID] [--timestamp UNIX] [--file F]",
-		Short: "Print the webhook-id, webhook-timestamp and webhook-signature headers for a body",
+		Use:   "sign [--secret S | --key whsk_...] [--headers webhook|svix] [--id ID] [--timestamp UNIX] [--file F]",
+		Short: "Print the signature headers (webhook-id, webhook-timestamp, webhook-signature) for a body",
 		Long: `Reads the body from --file or standard input and prints the three headers that
-sign it, one per line, as an HTTP header block.`,
+sign it, one per line, as an HTTP header block: id, timestamp and signature,
+named webhook-* or, with --headers svix, svix-*.
+
+The signature is a v1 entry (HMAC-SHA256) made with the secret given by
+--secret or OPENAI_WEBHOOK_SECRET, or a v1a entry (ed25519) made with the
+signing key given by --key or OPENAI_WEBHOOK_SIGNING_KEY (secret --asymmetric
+makes a pair). A flag wins over either variable; give one key only.`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			key, err := oneKey(cmd)
+			sign, err := signerOf(cmd)
+			if err != nil {
+				return err
+			}
+			names, err := familyOf(cmd)
 			if err != nil {
 				return err
 			}
@@ -183,16 +191,17 @@ sign it, one per line, as an HTTP header block.`,
 			if err != nil {
 				return err
 			}
-			h, err := deliveryHeaders(cmd, key, body, clock())
+			h, err := deliveryHeaders(cmd, sign, body, clock())
 			if err != nil {
 				return err
 			}
 			_, err = fmt.Fprintf(cmd.OutOrStdout(), "%s: %s\n%s: %s\n%s: %s\n",
-				verifier.HeaderID, h.ID, verifier.HeaderTimestamp, h.Timestamp, verifier.HeaderSignature, h.Signature)
+				names.ID, h.ID, names.Timestamp, h.Timestamp, names.Signature, h.Signature)
 			return err
 		},
 	}
-	secretFlag(cmd, "the secret to sign with")
+	signingFlags(cmd)
+	familyFlag(cmd)
 	idFlags(cmd)
 	cmd.Flags().String("file", "", "read the body from this file (default: standard input)")
 	return cmd
@@ -200,22 +209,32 @@ sign it, one per line, as an HTTP header block.`,
 
 func verifyCommand() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "verify [--secret S]... [--tolerance D] --headers FILE [--file F]",
+		Use:   "verify [--secret S]... [--public-key whpk_...]... [--tolerance D] --headers FILE [--file F]",
 		Short: "Judge a captured delivery as the handler would, and say why it is refused",
 		Long: `Reads the headers from --headers (lines of "name: value", as sign prints them
 or curl -D saves them; blank lines and HTTP/ status lines are skipped, any other
 line is an error) and the body from --file or standard input, and judges the
-delivery with the handler's verifier, against the current time. Prints the
-verdict and its precise reason: which header is malformed, how stale the
-timestamp is and in which direction, or that no signature entry matches any
-secret given; for a valid delivery, which of the secrets signed it, by its
-index in the order given, from 0 (the secret label of the verified_total
-metric counts alike). Exits 0 only for a valid delivery.`,
+delivery with the handler's verifier, against the current time. The signature
+headers are read as webhook-* or, when there are none, svix-*.
+
+The keys are the secrets given by --secret or OPENAI_WEBHOOK_SECRET, which
+check v1 entries, and the ed25519 public keys given by --public-key, which
+check v1a entries; at least one is needed. As openai_webhook does, an entry
+of a version no key given can check refuses the delivery.
+
+Prints the verdict and its precise reason: which header is malformed, how
+stale the timestamp is and in which direction, or that no signature entry
+matches any key given. For a valid delivery, it says which key signed it, by
+its index among the keys of its kind in the order given, from 0; when both
+kinds are given, also by its index among all of them, secrets first (the
+secret label of the verified_total metric counts alike). Exits 0 only for a
+valid delivery.`,
 		Args: cli.NoArgs,
 		RunE: runVerify,
 	}
-	secretFlag(cmd, "a secret the delivery may be signed with; repeat for several")
-	cmd.Flags().String("tolerance", "5m", "how far webhook-timestamp may be from now")
+	secretKeys.add(cmd, "a secret the delivery may be signed with, whsec_...; repeat for several")
+	publicKeys.add(cmd, "an ed25519 public key the delivery may be signed with, whpk_...; repeat for several")
+	cmd.Flags().String("tolerance", "5m", "how far the timestamp may be from now")
 	cmd.Flags().String("headers", "", "the file holding the delivery's headers (required)")
 	cmd.Flags().String("file", "", "read the body from this file (default: standard input)")
 	return cmd
@@ -226,9 +245,16 @@ metric counts alike). Exits 0 only for a valid delivery.`,
 var errRefused = errors.New("the delivery is refused")
 
 func runVerify(cmd *cobra.Command, _ []string) error {
-	keys, err := keysOf(cmd)
+	secrets, err := secretKeys.keys(cmd)
 	if err != nil {
 		return err
+	}
+	pubs, err := publicKeys.keys(cmd)
+	if err != nil {
+		return err
+	}
+	if len(secrets) == 0 && len(pubs) == 0 {
+		return fmt.Errorf("no key: give --secret or --public-key, or set %s", secretEnv)
 	}
 	toleranceFlag, _ := cmd.Flags().GetString("tolerance")
 	tolerance, err := caddy.ParseDuration(toleranceFlag)
@@ -248,43 +274,73 @@ func runVerify(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 	now := clock()
-	v, err := verifier.New(verifier.Config{Keys: keys, Tolerance: tolerance, Now: func() time.Time { return now }})
+	v, err := verifier.New(verifier.Config{Keys: secrets, PublicKeys: pubs, Tolerance: tolerance, Now: func() time.Time { return now }})
 	if err != nil {
 		return err
 	}
 	out := cmd.OutOrStdout()
-	key := -1
-	headers, err := signatureHeaders(hdr)
+	given := keysGiven{secrets: len(secrets), publicKeys: len(pubs)}
+	headers, family, err := signatureHeaders(hdr, headerFamilies["auto"])
+	var r verifier.Result
 	if err == nil {
-		key, err = v.Verify(headers, body)
+		r, err = v.VerifyResult(headers, body)
 	}
+	names := family.Names()
 	if err != nil {
 		o := verdictOutcome(err)
-		fmt.Fprintf(out, "refused: %d %s: %s\n", o.status, o.name, explain(err, headers.Timestamp, now, tolerance, len(keys)))
+		fmt.Fprintf(out, "refused: %d %s: %s\n", o.status, o.name, explain(err, names, headers.Timestamp, now, tolerance, given))
 		return errRefused
 	}
 	sent, _ := verifier.ParseTimestamp(headers.Timestamp)
-	// The secret's index counts from 0, as the secret label of
-	// verified_total and secrets[i] in the config's errors do.
-	_, err = fmt.Fprintf(out, "valid: webhook-id %s, signed %s (tolerance %s) with secret %d (of %d given, counting from 0), %d bytes of body\n",
-		headers.ID, age(now.Unix()-sent), tolerance, key, len(keys), len(body))
+	_, err = fmt.Fprintf(out, "valid: %s %s, signed %s (tolerance %s) with %s, %d bytes of body\n",
+		names.ID, headers.ID, age(now.Unix()-sent), tolerance, given.signedBy(r), len(body))
 	return err
 }
 
+// keysGiven counts the keys verify was given, of each kind.
+type keysGiven struct{ secrets, publicKeys int }
+
+// String names the keys, as "the 2 secret(s) given".
+func (g keysGiven) String() string {
+	switch {
+	case g.publicKeys == 0:
+		return fmt.Sprintf("the %d secret(s) given", g.secrets)
+	case g.secrets == 0:
+		return fmt.Sprintf("the %d public key(s) given", g.publicKeys)
+	}
+	return fmt.Sprintf("the %d secret(s) and %d public key(s) given", g.secrets, g.publicKeys)
+}
+
+// signedBy names the key that signed a valid delivery: by its index among
+// the keys of its kind, from 0, and when both kinds were given, by r.Key,
+// its index among all of them, secrets first, as the secret label of
+// verified_total counts.
+func (g keysGiven) signedBy(r verifier.Result) string {
+	kind, i, n := "secret", r.Key, g.secrets
+	if r.Kind == verifier.KindEd25519 {
+		kind, i, n = "public key", r.Key-g.secrets, g.publicKeys
+	}
+	s := fmt.Sprintf("%s %d (of %d given, counting from 0", kind, i, n)
+	if g.secrets > 0 && g.publicKeys > 0 {
+		s += fmt.Sprintf("; key %d of all %d, secrets first", r.Key, g.secrets+g.publicKeys)
+	}
+	return s + ")"
+}
+
 // explain says why the verifier refused a delivery, in the operator's
-// terms.
-func explain(err error, timestamp string, now time.Time, tolerance time.Duration, secrets int) string {
+// terms, naming its headers as it sent them.
+func explain(err error, names verifier.HeaderNames, timestamp string, now time.Time, tolerance time.Duration, given keysGiven) string {
 	switch {
 	case errors.Is(err, verifier.ErrTimestampTooOld):
 		sent, _ := verifier.ParseTimestamp(timestamp)
-		return fmt.Sprintf("webhook-timestamp %s is %s, beyond the tolerance of %s: the delivery was signed that long ago (a replay, or a capture judged late), or the clocks disagree",
-			timestamp, age(now.Unix()-sent), tolerance)
+		return fmt.Sprintf("%s %s is %s, beyond the tolerance of %s: the delivery was signed that long ago (a replay, or a capture judged late), or the clocks disagree",
+			names.Timestamp, timestamp, age(now.Unix()-sent), tolerance)
 	case errors.Is(err, verifier.ErrTimestampTooNew):
 		sent, _ := verifier.ParseTimestamp(timestamp)
-		return fmt.Sprintf("webhook-timestamp %s is %s, beyond the tolerance of %s: the sender's clock is ahead of this one, or this one is behind",
-			timestamp, age(now.Unix()-sent), tolerance)
+		return fmt.Sprintf("%s %s is %s, beyond the tolerance of %s: the sender's clock is ahead of this one, or this one is behind",
+			names.Timestamp, timestamp, age(now.Unix()-sent), tolerance)
 	case errors.Is(err, verifier.ErrNoMatchingSignature):
-		return fmt.Sprintf("no webhook-signature entry matches the body under the %d secret(s) given: another secret signed it, or the body is not the bytes that were signed", secrets)
+		return fmt.Sprintf("no %s entry matches the body under %s: another key signed it, or the body is not the bytes that were signed", names.Signature, given)
 	}
 	return err.Error()
 }

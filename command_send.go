@@ -20,22 +20,27 @@ import (
 
 	"github.com/webhookgate/caddy-openai-webhook/internal/cfparse"
 	"github.com/webhookgate/caddy-openai-webhook/internal/cli"
-	"github.com/webhookgate/caddy-openai-webhook/internal/verifier"
 )
 
 func sendCommand() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "send --url URL [--secret S] [--type EVENT] [--file F] [--id ID] [--timestamp UNIX] [--insecure | --ca FILE]",
+		Use:   "send --url URL [--secret S | --key whsk_...] [--headers webhook|svix] [--type EVENT] [--file F] [--id ID] [--timestamp UNIX] [--insecure | --ca FILE]",
 		Short: `Send a signed test event, as OpenAI's "Send test event" does, and print the answer`,
 		Long: `Sends a delivery signed now to --url, as OpenAI would, and prints the answer's
 status line and body. Without --file, the body is the event OpenAI sends for
 --type: {"object":"event","id":"evt_...","type":...,"created_at":...,
-"data":{...}}, its data shaped for the event's family. Exits 0 only for a 2xx.`,
+"data":{...}}, its data shaped for the event's family. Exits 0 only for a 2xx.
+
+It is signed as sign signs: a v1 entry with the secret of --secret or
+OPENAI_WEBHOOK_SECRET, or a v1a entry with the signing key of --key or
+OPENAI_WEBHOOK_SIGNING_KEY, in webhook-* headers or, with --headers svix,
+svix-* headers.`,
 		Args: cli.NoArgs,
 		RunE: runSend,
 	}
 	cmd.Flags().String("url", "", "where to send it (required)")
-	secretFlag(cmd, "the secret to sign with")
+	signingFlags(cmd)
+	familyFlag(cmd)
 	cmd.Flags().String("type", "response.completed", "the event's type, without --file")
 	cmd.Flags().String("file", "", "send this file as the body instead of an event")
 	idFlags(cmd)
@@ -56,7 +61,11 @@ func runSend(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return fmt.Errorf("--url: %w", err)
 	}
-	key, err := oneKey(cmd)
+	sign, err := signerOf(cmd)
+	if err != nil {
+		return err
+	}
+	names, err := familyOf(cmd)
 	if err != nil {
 		return err
 	}
@@ -79,7 +88,7 @@ func runSend(cmd *cobra.Command, _ []string) error {
 			return fmt.Errorf("--type: %w", err)
 		}
 	}
-	h, err := deliveryHeaders(cmd, key, body, now)
+	h, err := deliveryHeaders(cmd, sign, body, now)
 	if err != nil {
 		return err
 	}
@@ -87,9 +96,9 @@ func runSend(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
-	req.Header.Set(verifier.HeaderID, h.ID)
-	req.Header.Set(verifier.HeaderTimestamp, h.Timestamp)
-	req.Header.Set(verifier.HeaderSignature, h.Signature)
+	req.Header.Set(names.ID, h.ID)
+	req.Header.Set(names.Timestamp, h.Timestamp)
+	req.Header.Set(names.Signature, h.Signature)
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "caddy-openai-webhook-send/1.0")
 	resp, err := client.Do(req)
@@ -184,6 +193,7 @@ func sampleEvent(typ string, now time.Time) ([]byte, error) {
 	if err := checkEventPattern(typ); err != nil || strings.HasSuffix(typ, "*") {
 		return nil, fmt.Errorf("%q is not an event type (response.completed, batch.failed, ...)", typ)
 	}
+	id := objectPrefix(typ) + randomHex(16)
 	var data any
 	switch {
 	case typ == "realtime.call.incoming":
@@ -195,8 +205,17 @@ func sampleEvent(typ string, now time.Time) ([]byte, error) {
 				{"name": "Call-ID", "value": randomHex(8) + "@sip.example.com"},
 			},
 		}
+	case typ == "agent.session.action_required":
+		// Only the kind of action: the session holds the call ids and
+		// arguments (OpenAI's Agents API guide, Session webhooks).
+		data = map[string]any{"id": id, "required_action": map[string]string{"type": "function_call"}}
+	case strings.HasPrefix(typ, "agent.session."):
+		// A session without an environment; one with an environment has
+		// its environment_id too (the session payloads of OpenAI's API
+		// specification).
+		data = map[string]string{"id": id, "environment_type": "none"}
 	default:
-		data = map[string]string{"id": objectPrefix(typ) + randomHex(16)}
+		data = map[string]string{"id": id}
 	}
 	return json.Marshal(struct {
 		Object    string `json:"object"`
@@ -208,13 +227,20 @@ func sampleEvent(typ string, now time.Time) ([]byte, error) {
 }
 
 // objectPrefix is the id prefix of the object an event of type typ is
-// about.
+// about, as OpenAI's API reference shows them: a project's safety alert
+// (safety.alert.created) is alert_ and 32 hex digits, an agent session
+// sess_. The other safety events (safety.org_alert.created,
+// safety.warning_issued, safety.deactivation_issued) carry a workspace
+// alert's or an enforcement case's id, whose form OpenAI does not document:
+// they, and types this does not know, get the neutral obj_.
 func objectPrefix(typ string) string {
 	for _, f := range []struct{ family, prefix string }{
 		{"response.", "resp_"},
 		{"batch.", "batch_"},
 		{"fine_tuning.job.", "ftjob_"},
 		{"eval.run.", "evalrun_"},
+		{"safety.alert.", "alert_"},
+		{"agent.session.", "sess_"},
 	} {
 		if strings.HasPrefix(typ, f.family) {
 			return f.prefix

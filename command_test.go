@@ -2,8 +2,10 @@ package openaiwebhook
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -42,14 +44,52 @@ func runCommand(t *testing.T, stdin string, args ...string) (stdout, stderr stri
 	return out.String(), errOut.String(), err
 }
 
-// noSecretIn fails if any form of the test secrets shows in text.
-func noSecretIn(t *testing.T, text string) {
+// noSecretIn fails if any form of the test secrets, or of keys, shows in
+// text.
+func noSecretIn(t *testing.T, text string, keys ...string) {
 	t.Helper()
-	for _, s := range []string{webhooktest.Secret, strings.TrimPrefix(webhooktest.Secret, "whsec_"), "c2lnbmluZy1zZWNyZXQ"} {
-		if strings.Contains(text, s) {
-			t.Errorf("a secret is shown: %q", text)
+	for _, s := range append([]string{webhooktest.Secret, "c2lnbmluZy1zZWNyZXQ"}, keys...) {
+		_, encoded, _ := strings.Cut(s, "_")
+		if strings.Contains(text, s) || len(encoded) >= 16 && strings.Contains(text, encoded[:16]) {
+			t.Errorf("a secret or key is shown: %q", text)
 		}
 	}
+}
+
+// keyPair returns a new ed25519 key pair, whsk_ and whpk_, as
+// `secret --asymmetric` prints it.
+func keyPair(t *testing.T) (signing, public string) {
+	t.Helper()
+	out, stderr, err := runCommand(t, "", "secret", "--asymmetric")
+	m := regexp.MustCompile(`^signing key \(keep secret\): (whsk_[A-Za-z0-9+/]{86}==)\npublic key: (whpk_[A-Za-z0-9+/]{43}=)\n$`).FindStringSubmatch(out)
+	if err != nil || m == nil || stderr != "" {
+		t.Fatalf("secret --asymmetric printed %q and %q, error %v", out, stderr, err)
+	}
+	return m[1], m[2]
+}
+
+// verifierFor returns the handler's verifier for the secrets and public
+// keys given, whsec_ and whpk_.
+func verifierFor(t *testing.T, keys ...string) *verifier.Verifier {
+	t.Helper()
+	var cfg verifier.Config
+	for _, k := range keys {
+		kind, key, err := verifier.ParseKey(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if kind == verifier.KindEd25519 {
+			cfg.PublicKeys = append(cfg.PublicKeys, key)
+		} else {
+			cfg.Keys = append(cfg.Keys, key)
+		}
+	}
+	cfg.Tolerance = verifier.DefaultTolerance
+	v, err := verifier.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
 }
 
 func TestSecretCommand(t *testing.T) {
@@ -67,6 +107,35 @@ func TestSecretCommand(t *testing.T) {
 	}
 	if _, _, err := runCommand(t, "", "secret", "extra"); err == nil {
 		t.Fatal("an argument was accepted")
+	}
+}
+
+// TestSecretAsymmetric: secret --asymmetric prints a new pair, each key in
+// the form the parsers take, and the pair matches: what the signing key
+// signs verifies under the public key, and under another pair's not.
+func TestSecretAsymmetric(t *testing.T) {
+	signing, public := keyPair(t)
+	otherSigning, otherPublic := keyPair(t)
+	if signing == otherSigning || public == otherPublic {
+		t.Fatal("secret --asymmetric printed the same pair twice")
+	}
+	priv, err := verifier.ParseSigningKey(signing)
+	if err != nil {
+		t.Fatalf("the signing key: %v", err)
+	}
+	if _, err := verifier.ParsePublicKey(public); err != nil {
+		t.Fatalf("the public key: %v", err)
+	}
+	body := []byte(`{"object":"event"}`)
+	h := verifier.Headers{ID: "wh_pair", Timestamp: strconv.FormatInt(time.Now().Unix(), 10)}
+	if h.Signature, err = verifier.SignV1a(priv, h.ID, h.Timestamp, body); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := verifierFor(t, public).Verify(h, body); err != nil {
+		t.Errorf("refused under the pair's public key: %v", err)
+	}
+	if _, err := verifierFor(t, otherPublic).Verify(h, body); !errors.Is(err, verifier.ErrNoMatchingSignature) {
+		t.Errorf("under another pair's public key: %v, want no matching signature", err)
 	}
 }
 
@@ -89,12 +158,7 @@ func TestSignCommand(t *testing.T) {
 		name, value, _ := strings.Cut(l, ": ")
 		hdr.Set(name, value)
 	}
-	key, _ := verifier.ParseSecret(webhooktest.Secret)
-	v, err := verifier.New(verifier.Config{Keys: [][]byte{key}, Tolerance: verifier.DefaultTolerance})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := v.Verify(verifier.Headers{ID: hdr.Get("webhook-id"), Timestamp: hdr.Get("webhook-timestamp"), Signature: hdr.Get("webhook-signature")}, []byte(body)); err != nil {
+	if _, err := verifierFor(t, webhooktest.Secret).Verify(verifier.Headers{ID: hdr.Get("webhook-id"), Timestamp: hdr.Get("webhook-timestamp"), Signature: hdr.Get("webhook-signature")}, []byte(body)); err != nil {
 		t.Fatalf("the handler's verifier refuses it: %v", err)
 	}
 	wh, err := standardwebhooks.NewWebhook(webhooktest.Secret)
@@ -122,6 +186,57 @@ func TestSignCommand(t *testing.T) {
 	noSecretIn(t, out)
 }
 
+// TestSignKeysAndHeaders: sign --key signs v1a, verified under the pair's
+// public key and refused under another's; --headers svix names the headers
+// svix-*; a flag wins over the other kind's variable.
+func TestSignKeysAndHeaders(t *testing.T) {
+	signing, public := keyPair(t)
+	_, otherPublic := keyPair(t)
+	other := "whsec_" + strings.Repeat("A", 43) + "="
+	body := `{"object":"event","type":"batch.completed","data":{"id":"batch_1"}}`
+	for _, tc := range []struct {
+		name           string
+		secretEnv, key string // the environment
+		args           []string
+		family         verifier.Family
+		version        string // of the signature entry
+		valid, refused string // keys that verify it, and one that does not
+	}{
+		{"--key", "", "", []string{"--key", signing}, verifier.FamilyWebhook, "v1a,", public, otherPublic},
+		{"--key --headers svix", "", "", []string{"--key", signing, "--headers", "svix"}, verifier.FamilySvix, "v1a,", public, otherPublic},
+		{"--secret --headers svix", "", "", []string{"--secret", webhooktest.Secret, "--headers", "svix"}, verifier.FamilySvix, "v1,", webhooktest.Secret, other},
+		{"--headers webhook", "", "", []string{"--secret", webhooktest.Secret, "--headers", "webhook"}, verifier.FamilyWebhook, "v1,", webhooktest.Secret, other},
+		{"$" + signingKeyEnv, "", signing, nil, verifier.FamilyWebhook, "v1a,", public, otherPublic},
+		{"--key, with $" + secretEnv + " set", webhooktest.Secret, "", []string{"--key", signing}, verifier.FamilyWebhook, "v1a,", public, otherPublic},
+		{"--secret, with $" + signingKeyEnv + " set", "", signing, []string{"--secret", webhooktest.Secret}, verifier.FamilyWebhook, "v1,", webhooktest.Secret, other},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv(secretEnv, tc.secretEnv)
+			t.Setenv(signingKeyEnv, tc.key)
+			out, _, err := runCommand(t, body, append([]string{"sign", "--id", "wh_keys"}, tc.args...)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			names := tc.family.Names()
+			lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+			if len(lines) != 3 || lines[0] != names.ID+": wh_keys" || !strings.HasPrefix(lines[1], names.Timestamp+": ") ||
+				!strings.HasPrefix(lines[2], names.Signature+": "+tc.version) {
+				t.Fatalf("sign printed %q", out)
+			}
+			h := verifier.Headers{ID: "wh_keys"}
+			h.Timestamp = strings.TrimPrefix(lines[1], names.Timestamp+": ")
+			h.Signature = strings.TrimPrefix(lines[2], names.Signature+": ")
+			if _, err := verifierFor(t, tc.valid).Verify(h, []byte(body)); err != nil {
+				t.Errorf("refused under its key: %v", err)
+			}
+			if _, err := verifierFor(t, tc.refused).Verify(h, []byte(body)); !errors.Is(err, verifier.ErrNoMatchingSignature) {
+				t.Errorf("under another key: %v, want no matching signature", err)
+			}
+			noSecretIn(t, out, signing)
+		})
+	}
+}
+
 // TestCommandErrors: every command checks its flags and the secret like
 // the handler does, fails with a message naming the flag, and never shows
 // a secret.
@@ -132,12 +247,35 @@ func TestCommandErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv(secretEnv, "")
+	t.Setenv(signingKeyEnv, "")
 	bad := "whsec_c2lnbmluZy1zZWNyZXQ" // too short, and not canonical
+	signing, public := keyPair(t)
+	// Signing keys that are not: cut short, of the wrong length, with a
+	// space inside.
+	badKeys := []string{signing[:len(signing)-6], "whsk_" + base64.StdEncoding.EncodeToString([]byte(strings.Repeat("k", 48))), signing[:40] + " " + signing[41:]}
 	for _, tc := range []struct {
 		args    []string
 		wantErr string
 	}{
-		{[]string{"sign"}, "no secret: give --secret or set " + secretEnv},
+		{[]string{"sign"}, "no secret or signing key: give --secret or --key, or set " + secretEnv + " or " + signingKeyEnv},
+		{[]string{"sign", "--secret", webhooktest.Secret, "--key", signing}, "--secret and --key: give one or the other"},
+		{[]string{"sign", "--key", signing, "--key", signing}, "--key: give one signing key to sign with"},
+		{[]string{"sign", "--key", badKeys[0]}, "--key: signing key after whsk_: the base64 is cut short"},
+		{[]string{"sign", "--key", badKeys[1]}, "--key: signing key decodes to 48 bytes, want 32 (a seed) or 64 (seed and public key)"},
+		{[]string{"sign", "--key", badKeys[2]}, "--key: signing key after whsk_: a space or a line break"},
+		{[]string{"sign", "--key", public}, `--key: signing key does not start with "whsk_"`},
+		{[]string{"sign", "--key", webhooktest.Secret}, `--key: signing key does not start with "whsk_"`},
+		{[]string{"sign", "--secret", signing}, `--secret: secret does not start with "whsec_"`},
+		{[]string{"sign", "--secret", webhooktest.Secret, "--headers", "svx"}, "--headers: give webhook or svix"},
+		{[]string{"sign", "--secret", webhooktest.Secret, "--headers", "auto"}, "--headers: give webhook or svix"},
+		{[]string{"sign", "--headers", signing, "--key", signing}, "--headers: give webhook or svix"},
+		{[]string{"send", "--url", "http://127.0.0.1:1/", "--secret", webhooktest.Secret, "--key", signing}, "--secret and --key: give one or the other"},
+		{[]string{"send", "--url", "http://127.0.0.1:1/", "--key", badKeys[0]}, "--key"},
+		{[]string{"send", "--url", "http://127.0.0.1:1/", "--key", signing, "--headers", "Svix"}, "--headers"},
+		{[]string{"verify", "--headers", headers}, "no key: give --secret or --public-key, or set " + secretEnv},
+		{[]string{"verify", "--public-key", signing, "--headers", headers}, `--public-key: public key starts with "whsk_": that is the sender's secret signing key`},
+		{[]string{"verify", "--public-key", public[:20], "--headers", headers}, "--public-key: public key after whpk_"},
+		{[]string{"verify", "--secret", webhooktest.Secret, "--public-key", public, "--public-key", webhooktest.Secret, "--headers", headers}, "--public-key"},
 		{[]string{"sign", "--secret", strings.TrimPrefix(webhooktest.Secret, "whsec_")}, `--secret: secret does not start with "whsec_"`},
 		{[]string{"sign", "--secret", bad}, "--secret"},
 		{[]string{"sign", "--secret", webhooktest.Secret, "--secret", webhooktest.Secret}, "--secret: give one secret"},
@@ -167,9 +305,31 @@ func TestCommandErrors(t *testing.T) {
 			t.Errorf("%v: error %v, want one containing %q", tc.args, err, tc.wantErr)
 		}
 		if err != nil {
-			noSecretIn(t, err.Error())
+			noSecretIn(t, err.Error(), append([]string{signing}, badKeys...)...)
 		}
-		noSecretIn(t, stderr)
+		noSecretIn(t, stderr, append([]string{signing}, badKeys...)...)
+	}
+
+	// The keys from the environment: both kinds at once is ambiguous, and
+	// a malformed key is named by its variable, never shown.
+	for _, tc := range []struct {
+		secret, key string
+		wantErr     string
+	}{
+		{webhooktest.Secret, signing, "$" + secretEnv + " and $" + signingKeyEnv + " are both set: choose with --secret or --key"},
+		{"", badKeys[0], "$" + signingKeyEnv + ": signing key after whsk_: the base64 is cut short"},
+		{"", badKeys[1], "$" + signingKeyEnv + ": signing key decodes to 48 bytes"},
+	} {
+		t.Setenv(secretEnv, tc.secret)
+		t.Setenv(signingKeyEnv, tc.key)
+		_, stderr, err := runCommand(t, "{}", "sign")
+		if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+			t.Errorf("sign with the environment: error %v, want one containing %q", err, tc.wantErr)
+		}
+		if err != nil {
+			noSecretIn(t, err.Error(), append([]string{signing}, badKeys...)...)
+		}
+		noSecretIn(t, stderr, append([]string{signing}, badKeys...)...)
 	}
 }
 
@@ -186,6 +346,7 @@ func writeHeaders(t *testing.T, content string) string {
 // TestVerifyCommand: the verdict and its precise reason, exit 0 only for a
 // valid delivery.
 func TestVerifyCommand(t *testing.T) {
+	t.Setenv(secretEnv, "")
 	body := `{"object":"event","type":"batch.completed"}`
 	now := time.Now()
 	clock = func() time.Time { return now } // ages in whole seconds, however long the test takes
@@ -194,12 +355,27 @@ func TestVerifyCommand(t *testing.T) {
 		h := webhooktest.Headers(t, webhooktest.Secret, id, ts, []byte(b))
 		return fmt.Sprintf("webhook-id: %s\nwebhook-timestamp: %s\nwebhook-signature: %s\n", h.Get("webhook-id"), h.Get("webhook-timestamp"), h.Get("webhook-signature"))
 	}
+	// signedWith is what sign prints for the key (--secret or --key) and
+	// header family.
+	signedWith := func(key, family, id string, ts time.Time, b string) string {
+		flag := "--secret"
+		if strings.HasPrefix(key, verifier.SigningKeyPrefix) {
+			flag = "--key"
+		}
+		out, _, err := runCommand(t, b, "sign", flag, key, "--headers", family, "--id", id, "--timestamp", strconv.FormatInt(ts.Unix(), 10))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
 	other := "whsec_" + strings.Repeat("A", 43) + "="
+	signing, public := keyPair(t)
+	_, otherPublic := keyPair(t)
 	for _, tc := range []struct {
 		name    string
 		headers string
 		body    string
-		secrets []string
+		keys    []string // --secret for whsec_, --public-key for whpk_; none: webhooktest.Secret
 		valid   bool
 		want    string // in what verify prints
 	}{
@@ -213,21 +389,43 @@ func TestVerifyCommand(t *testing.T) {
 		{"no signature", "webhook-id: wh_v8\nwebhook-timestamp: " + strconv.FormatInt(now.Unix(), 10) + "\n", body, nil, false, "refused: 401 malformed: missing or empty header: webhook-signature"},
 		{"repeated header", signed("wh_v9", now, body) + "Webhook-Id: wh_v9\n", body, nil, false, "refused: 401 malformed: signature header sent more than once: Webhook-Id"},
 		{"malformed timestamp", "webhook-id: wh_v10\nwebhook-timestamp: 0123\nwebhook-signature: v1,x\n", body, nil, false, "invalid webhook-timestamp: leading zero"},
+
+		{"v1a, under its public key", signedWith(signing, "webhook", "wh_a1", now, body), body, []string{public}, true, "valid: webhook-id wh_a1, signed this second (tolerance 5m0s) with public key 0 (of 1 given, counting from 0), 43 bytes of body"},
+		{"v1a, after secrets and another public key", signedWith(signing, "webhook", "wh_a2", now, body), body, []string{webhooktest.Secret, otherPublic, public}, true, "with public key 1 (of 2 given, counting from 0; key 2 of all 3, secrets first),"},
+		{"v1, with public keys too", signed("wh_a3", now, body), body, []string{public, other, webhooktest.Secret}, true, "with secret 1 (of 2 given, counting from 0; key 1 of all 3, secrets first),"},
+		{"v1a, another public key", signedWith(signing, "webhook", "wh_a4", now, body), body, []string{otherPublic}, false, "refused: 401 bad_signature: no webhook-signature entry matches the body under the 1 public key(s) given"},
+		{"v1a, body changed", signedWith(signing, "webhook", "wh_a5", now, body), body + " ", []string{public}, false, "bad_signature"},
+		{"v1a, secrets only", signedWith(signing, "webhook", "wh_a6", now, body), body, nil, false, "refused: 401 malformed: malformed webhook-signature: entry 1 is not a v1 signature"},
+		{"v1, public keys only", signed("wh_a7", now, body), body, []string{public}, false, "refused: 401 malformed: malformed webhook-signature: entry 1 is not a v1a signature"},
+		{"svix, v1a", signedWith(signing, "svix", "wh_s1", now, body), body, []string{public}, true, "valid: svix-id wh_s1,"},
+		{"svix, v1", signedWith(webhooktest.Secret, "svix", "wh_s2", now, body), body, nil, true, "valid: svix-id wh_s2,"},
+		{"svix, stale", signedWith(signing, "svix", "wh_s3", now.Add(-10*time.Minute), body), body, []string{public}, false, "refused: 401 stale: svix-timestamp "},
+		{"svix, another key", signedWith(signing, "svix", "wh_s4", now, body), body, []string{other, otherPublic}, false, "no svix-signature entry matches the body under the 1 secret(s) and 1 public key(s) given"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := []string{"verify", "--headers", writeHeaders(t, tc.headers)}
-			for _, s := range append([]string{}, tc.secrets...) {
-				args = append(args, "--secret", s)
+			for _, k := range tc.keys {
+				flag := "--secret"
+				if strings.HasPrefix(k, verifier.PublicKeyPrefix) {
+					flag = "--public-key"
+				}
+				args = append(args, flag, k)
 			}
-			if len(tc.secrets) == 0 {
+			if len(tc.keys) == 0 {
 				args = append(args, "--secret", webhooktest.Secret)
 			}
 			out, _, err := runCommand(t, tc.body, args...)
 			if (err == nil) != tc.valid || !strings.Contains(out, tc.want) {
 				t.Fatalf("printed %q, error %v; want %q and valid=%v", out, err, tc.want, tc.valid)
 			}
-			noSecretIn(t, out)
+			noSecretIn(t, out, signing)
 		})
+	}
+	// The secret from the environment, with a public key.
+	t.Setenv(secretEnv, webhooktest.Secret)
+	out, _, err := runCommand(t, body, "verify", "--public-key", public, "--headers", writeHeaders(t, signed("wh_e1", now, body)))
+	if err != nil || !strings.Contains(out, "with secret 0 (of 1 given, counting from 0; key 0 of all 2, secrets first),") {
+		t.Fatalf("$%s and --public-key: printed %q, error %v", secretEnv, out, err)
 	}
 	if _, _, err := runCommand(t, "", "verify", "--secret", webhooktest.Secret, "--headers", writeHeaders(t, "not a header line\n")); err == nil || !strings.Contains(err.Error(), "line 1 is not a header field") {
 		t.Fatalf("a header file with a bad line: %v", err)
@@ -242,6 +440,22 @@ func TestSampleEvents(t *testing.T) {
 		"batch.failed":              func(d map[string]any) bool { return strings.HasPrefix(d["id"].(string), "batch_") },
 		"fine_tuning.job.succeeded": func(d map[string]any) bool { return strings.HasPrefix(d["id"].(string), "ftjob_") },
 		"eval.run.canceled":         func(d map[string]any) bool { return strings.HasPrefix(d["id"].(string), "evalrun_") },
+		"eval.run.cancelled":        func(d map[string]any) bool { return strings.HasPrefix(d["id"].(string), "evalrun_") },
+		"safety.alert.created": func(d map[string]any) bool {
+			return regexp.MustCompile(`^alert_[0-9a-f]{32}$`).MatchString(d["id"].(string)) && len(d) == 1
+		},
+		// Ids of a form OpenAI does not document: neutral.
+		"safety.warning_issued": func(d map[string]any) bool { return strings.HasPrefix(d["id"].(string), "obj_") && len(d) == 1 },
+		"agent.session.created": func(d map[string]any) bool {
+			return strings.HasPrefix(d["id"].(string), "sess_") && d["environment_type"] == "none"
+		},
+		"agent.session.idle": func(d map[string]any) bool {
+			return strings.HasPrefix(d["id"].(string), "sess_") && d["environment_type"] == "none"
+		},
+		"agent.session.action_required": func(d map[string]any) bool {
+			action, ok := d["required_action"].(map[string]any)
+			return strings.HasPrefix(d["id"].(string), "sess_") && ok && action["type"] == "function_call"
+		},
 		"realtime.call.incoming": func(d map[string]any) bool {
 			headers, ok := d["sip_headers"].([]any)
 			return strings.HasPrefix(d["call_id"].(string), "rtc_") && ok && len(headers) > 0
@@ -272,15 +486,13 @@ func TestSendCommand(t *testing.T) {
 		header http.Header
 		body   []byte
 	}
-	key, _ := verifier.ParseSecret(webhooktest.Secret)
-	v, err := verifier.New(verifier.Config{Keys: [][]byte{key}, Tolerance: verifier.DefaultTolerance})
-	if err != nil {
-		t.Fatal(err)
-	}
+	signing, public := keyPair(t)
+	otherSigning, _ := keyPair(t)
+	v := verifierFor(t, webhooktest.Secret, public)
 	app := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got.header = r.Header.Clone()
 		got.body, _ = io.ReadAll(r.Body)
-		h, _ := signatureHeaders(r.Header)
+		h, _, _ := signatureHeaders(r.Header, headerFamilies["auto"])
 		if _, err := v.Verify(h, got.body); err != nil {
 			http.Error(w, "refused: "+err.Error(), http.StatusUnauthorized)
 			return
@@ -302,6 +514,19 @@ func TestSendCommand(t *testing.T) {
 	if err == nil || !strings.HasPrefix(out, "HTTP/1.1 401 Unauthorized\nrefused: ") {
 		t.Fatalf("send with another secret: %q, %v; want the 401 printed and a failure", out, err)
 	}
+	// v1a, in svix-* headers.
+	out, _, err = runCommand(t, "", "send", "--url", plain.URL, "--key", signing, "--headers", "svix", "--type", "safety.alert.created", "--id", "wh_send_2")
+	if err != nil || out != "HTTP/1.1 200 OK\naccepted\n" {
+		t.Fatalf("send --key --headers svix: %q, %v", out, err)
+	}
+	if got.header.Get("svix-id") != "wh_send_2" || !strings.HasPrefix(got.header.Get("svix-signature"), "v1a,") || got.header.Get("webhook-id") != "" {
+		t.Fatalf("the app got the headers %v", got.header)
+	}
+	out, _, err = runCommand(t, "", "send", "--url", plain.URL, "--key", otherSigning)
+	if err == nil || !strings.HasPrefix(out, "HTTP/1.1 401 Unauthorized\nrefused: ") {
+		t.Fatalf("send with another signing key: %q, %v; want the 401 printed and a failure", out, err)
+	}
+	noSecretIn(t, out, signing, otherSigning)
 	file := filepath.Join(t.TempDir(), "raw.bin")
 	if err := os.WriteFile(file, []byte{0, 1, 2, 0xff}, 0o600); err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ type delivery struct {
 	body   bufferedBody
 	reader bodyReader // the request's Body once verified; GetBody makes others
 	hdr    verifier.Headers
+	family *headerFamily // the one hdr came in
 	series *serverSeries
 	event  event
 	// eventLabel is its event type's value of the type label, once the
@@ -29,15 +30,15 @@ type delivery struct {
 // one provider for the four, and the event read from the body only when
 // one of its two is used.
 func (d *delivery) placeholder(key string) (any, bool) {
-	switch key {
-	case "http.openai_webhook.id":
+	switch f := d.h.face; key {
+	case f.id:
 		return d.hdr.ID, true
-	case "http.openai_webhook.timestamp":
+	case f.timestamp:
 		return d.hdr.Timestamp, true
-	case "http.openai_webhook.event_type":
+	case f.eventType:
 		typ, _ := d.event.fields()
 		return typ, true
-	case "http.openai_webhook.event_id":
+	case f.eventID:
 		_, id := d.event.fields()
 		return id, true
 	}
@@ -61,8 +62,21 @@ func (d *delivery) passOn(r *http.Request) *http.Request {
 	if key := d.h.signKey; key != nil {
 		// The headers were verified, so they sign.
 		sig, _ := verifier.NewSignature(key, d.hdr.ID, d.hdr.Timestamp)
-		d.body.writeTo(sig)
-		r.Header.Set("Webhook-Signature", sig.String())
+		for p := range d.body.all {
+			_, _ = sig.Write(p)
+		}
+		// In every family the request has: the app reads one of them,
+		// and all carried the same values.
+		signature := sig.String()
+		for i := range d.h.families {
+			if f := &d.h.families[i]; f == d.family || f.present(r.Header) {
+				r.Header.Set(f.signature, signature)
+			}
+		}
+	}
+	// Unverified: the app might read them.
+	for _, name := range d.h.unread {
+		delete(r.Header, name)
 	}
 	r.TransferEncoding = nil
 	// Trailers are not signed: nothing unverified goes upstream.
@@ -83,6 +97,6 @@ func (b *bufferedBody) getBody() (io.ReadCloser, error) {
 func (d *delivery) passedOn(o outcome) {
 	d.series.requests[o.name].Inc()
 	if d.eventLabel != "" {
-		eventsTotal.WithLabelValues(d.series.server, d.eventLabel).Inc()
+		d.h.face.metrics.events.WithLabelValues(d.series.server, d.eventLabel).Inc()
 	}
 }

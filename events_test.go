@@ -88,9 +88,9 @@ func TestEventsAllowList(t *testing.T) {
 	} {
 		id := "wh_events_" + string(rune('a'+i))
 		next := &nextApp{status: http.StatusNoContent, read: eventPlaceholders}
-		before := testutil.ToFloat64(requestsTotal.WithLabelValues("UNKNOWN", outcomeFiltered.name))
+		before := testutil.ToFloat64(openAIFace.metrics.requests.WithLabelValues("UNKNOWN", outcomeFiltered.name))
 		status := deliverBody(t, h, id, []byte(tc.body), next)
-		filtered := testutil.ToFloat64(requestsTotal.WithLabelValues("UNKNOWN", outcomeFiltered.name)) - before
+		filtered := testutil.ToFloat64(openAIFace.metrics.requests.WithLabelValues("UNKNOWN", outcomeFiltered.name)) - before
 		switch {
 		case tc.forwarded && (status != http.StatusNoContent || next.calls != 1):
 			t.Errorf("%s: %d with %d forwards, want it forwarded", tc.body, status, next.calls)
@@ -108,7 +108,7 @@ func TestEventsAllowList(t *testing.T) {
 // type, adds nothing.
 func TestEventsCountedWhenPassedOn(t *testing.T) {
 	h, _ := provisioned(t, &Handler{Secrets: []string{testSecret}, Events: []string{"response.*"}})
-	completed := eventsTotal.WithLabelValues("UNKNOWN", "response.completed")
+	completed := openAIFace.metrics.events.WithLabelValues("UNKNOWN", "response.completed")
 	before := testutil.ToFloat64(completed)
 	for i, tc := range []struct {
 		id, body string

@@ -10,79 +10,97 @@ import (
 	"github.com/webhookgate/caddy-openai-webhook/replaystore"
 )
 
-// The collectors live for the process, so counts survive config reloads;
-// each config's registry gets them registered once. Every series carries
-// the server label, as Caddy's own HTTP metrics do.
-var (
-	requestsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy",
-		Subsystem: "openai_webhook",
-		Name:      "requests_total",
-		Help:      "Requests seen by openai_webhook, by server and outcome.",
-	}, []string{"server", "outcome"})
-
-	// replayStoreErrors counts the store's failures by operation: claim,
-	// delivered, release.
-	replayStoreErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy",
-		Subsystem: "openai_webhook",
-		Name:      "replay_store_errors_total",
-		Help:      "Replay store operations that failed, by server and operation.",
-	}, []string{"server", "operation"})
-
-	// verifiedTotal counts verified deliveries by the secret that signed
-	// them, so that a rotation can be followed.
-	verifiedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy",
-		Subsystem: "openai_webhook",
-		Name:      "verified_total",
-		Help:      "Deliveries whose signature verified, by server and the position in secrets (from 0) of the secret that signed them.",
-	}, []string{"server", "secret"})
-
-	// eventsTotal counts the verified deliveries passed on (forwarded,
-	// queued or unchecked) by event type, on handlers with events (the
-	// only ones that read the type): not duplicates, nor refusals.
-	eventsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy",
-		Subsystem: "openai_webhook",
-		Name:      "events_total",
-		Help:      "Deliveries passed on by handlers with an events allow-list, by server and event type.",
-	}, []string{"server", "type"})
-)
-
-// serverSeries are a handler's series of requestsTotal (by outcome name)
-// and verifiedTotal (by the signing secret's index) for the server it
-// serves, looked up once rather than at every request.
-type serverSeries struct {
-	server   string
-	requests map[string]prometheus.Counter
-	verified []prometheus.Counter
+// metrics are a face's collectors (see face): each handler counts in series
+// named for it, caddy_openai_webhook_* and caddy_standard_webhooks_*. They
+// live for the process, so counts survive config reloads; each config's
+// registry gets them registered once. Every series carries the server
+// label, as Caddy's own HTTP metrics do.
+type metrics struct {
+	// requests counts requests by outcome.
+	requests *prometheus.CounterVec
+	// replayStoreErrors counts the replay store's failures by operation:
+	// claim, delivered, release.
+	replayStoreErrors *prometheus.CounterVec
+	// verified counts verified deliveries by the key that signed them, so
+	// that a rotation can be followed.
+	verified *prometheus.CounterVec
+	// events counts the verified deliveries passed on by event type, on
+	// handlers with events (the only ones that read the type): not
+	// duplicates, nor refusals.
+	events *prometheus.CounterVec
+	// ed25519 counts the ed25519 verifications that v1a signatures cost.
+	ed25519 *prometheus.CounterVec
+	// stores reports the memory replay stores' ids.
+	stores *storeCollector
 }
 
-func newServerSeries(server string, secrets int) *serverSeries {
-	s := &serverSeries{server: server, requests: make(map[string]prometheus.Counter, len(outcomes))}
-	for _, o := range outcomes {
-		s.requests[o.name] = requestsTotal.WithLabelValues(server, o.name)
+// newMetrics returns the collectors of subsystem; with asymmetric, that
+// of ed25519 verifications too (openai_webhook has no public keys).
+func newMetrics(subsystem string, asymmetric bool) *metrics {
+	vec := func(name, help string, labels ...string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "caddy", Subsystem: subsystem, Name: name, Help: help}, labels)
 	}
-	for i := range secrets {
-		s.verified = append(s.verified, verifiedTotal.WithLabelValues(server, strconv.Itoa(i)))
+	m := &metrics{
+		requests:          vec("requests_total", "Requests seen by "+subsystem+", by server and outcome.", "server", "outcome"),
+		replayStoreErrors: vec("replay_store_errors_total", "Replay store operations that failed, by server and operation.", "server", "operation"),
+		verified: vec("verified_total", "Deliveries whose signature verified, by server and the position (from 0) of the key that signed them: "+
+			"in secrets, then in public_keys.", "server", "secret"),
+		events: vec("events_total", "Deliveries passed on by handlers with an events allow-list, by server and event type.", "server", "type"),
+		stores: &storeCollector{handlers: map[*Handler]replaystore.Counter{},
+			ids: prometheus.NewDesc("caddy_"+subsystem+"_replay_ids",
+				"Webhook-ids held by the memory replay stores, delivered or being forwarded, by server.", []string{"server"}, nil),
+			forgotten: prometheus.NewDesc("caddy_"+subsystem+"_replay_forgotten_early_total",
+				"Delivered webhook-ids the memory replay stores forgot before their window ended, to stay within the memory store's capacity, by server.",
+				[]string{"server"}, nil),
+		},
 	}
-	return s
+	if asymmetric {
+		m.ed25519 = vec("ed25519_verifications_total", "ed25519 verifications run for v1a signatures, verified or not, by server.", "server")
+	}
+	return m
 }
 
-func registerMetrics(registry *prometheus.Registry) error {
+// register registers the collectors in registry, unless another handler
+// of the config did.
+func (m *metrics) register(registry *prometheus.Registry) error {
 	if registry == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{requestsTotal, replayStoreErrors, verifiedTotal, eventsTotal, storeStats} {
+	collectors := []prometheus.Collector{m.requests, m.replayStoreErrors, m.verified, m.events, m.stores}
+	if m.ed25519 != nil {
+		collectors = append(collectors, m.ed25519)
+	}
+	for _, c := range collectors {
 		err := registry.Register(c)
 		if err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
 			return err
 		}
-		// Already registered: another openai_webhook handler of this
-		// config did it.
 	}
 	return nil
+}
+
+// serverSeries are a handler's series of requests (by outcome name) and
+// verified (by the signing key's index) for the server it serves, looked
+// up once rather than at every request.
+type serverSeries struct {
+	server   string
+	requests map[string]prometheus.Counter
+	verified []prometheus.Counter
+	ed25519  prometheus.Counter
+}
+
+func (m *metrics) forServer(server string, keys int) *serverSeries {
+	s := &serverSeries{server: server, requests: make(map[string]prometheus.Counter, len(outcomes))}
+	if m.ed25519 != nil {
+		s.ed25519 = m.ed25519.WithLabelValues(server)
+	}
+	for _, o := range outcomes {
+		s.requests[o.name] = m.requests.WithLabelValues(server, o.name)
+	}
+	for i := range keys {
+		s.verified = append(s.verified, m.verified.WithLabelValues(server, strconv.Itoa(i)))
+	}
+	return s
 }
 
 // maxEventTypes bounds the type label's values; past it, and for a type
@@ -111,23 +129,14 @@ func eventTypeLabel(typ string) string {
 	return typ
 }
 
-// storeStats reports, per server, the ids held by the handlers' replay
-// stores that count them (the memory store) and how many were forgotten
-// before their window ended because the store was full.
-var storeStats = &storeCollector{handlers: map[*Handler]replaystore.Counter{}}
-
+// storeCollector reports, per server, the ids held by the handlers'
+// replay stores that count them (the memory store) and how many were
+// forgotten before their window ended because the store was full.
 type storeCollector struct {
-	mu       sync.Mutex
-	handlers map[*Handler]replaystore.Counter
+	mu             sync.Mutex
+	handlers       map[*Handler]replaystore.Counter
+	ids, forgotten *prometheus.Desc
 }
-
-var (
-	replayIDsDesc = prometheus.NewDesc("caddy_openai_webhook_replay_ids",
-		"Webhook-ids held by the memory replay stores, delivered or being forwarded, by server.", []string{"server"}, nil)
-	replayForgottenDesc = prometheus.NewDesc("caddy_openai_webhook_replay_forgotten_early_total",
-		"Delivered webhook-ids the memory replay stores forgot before their window ended, to stay within the memory store's capacity, by server.",
-		[]string{"server"}, nil)
-)
 
 // join adds a handler whose store counts its ids.
 func (c *storeCollector) join(h *Handler, s replaystore.Counter) {
@@ -145,8 +154,8 @@ func (c *storeCollector) leave(h *Handler) {
 
 // Describe implements prometheus.Collector.
 func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- replayIDsDesc
-	ch <- replayForgottenDesc
+	ch <- c.ids
+	ch <- c.forgotten
 }
 
 // Collect implements prometheus.Collector: each store once per server,
@@ -172,7 +181,7 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 			held += float64(n)
 			forgotten += float64(evicted)
 		}
-		ch <- prometheus.MustNewConstMetric(replayIDsDesc, prometheus.GaugeValue, held, server)
-		ch <- prometheus.MustNewConstMetric(replayForgottenDesc, prometheus.CounterValue, forgotten, server)
+		ch <- prometheus.MustNewConstMetric(c.ids, prometheus.GaugeValue, held, server)
+		ch <- prometheus.MustNewConstMetric(c.forgotten, prometheus.CounterValue, forgotten, server)
 	}
 }

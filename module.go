@@ -54,7 +54,8 @@ const (
 // 503 (with Retry-After) while max_unverified bytes are already held for
 // unverified bodies. With events set, a verified delivery of another type is
 // answered 200 and not forwarded. The next handler gets the verified bytes
-// with an exact Content-Length and the placeholders
+// with an exact Content-Length, without the svix-* signature headers (which
+// nothing verified), and the placeholders
 // {http.openai_webhook.id}, {http.openai_webhook.timestamp},
 // {http.openai_webhook.event_type} and {http.openai_webhook.event_id} (the
 // last two read from the body only when used); a refusal sets
@@ -130,7 +131,11 @@ type Handler struct {
 	// restarts).
 	ReplayStoreRaw json.RawMessage `json:"replay_store,omitempty" caddy:"namespace=http.openai_webhook.replay_stores inline_key=backend"`
 
+	face        *face
+	families    []headerFamily // the signature headers looked for, in order
+	unread      []string       // the other families' header names, never passed on
 	verifier    *verifier.Verifier
+	keyCount    int          // secrets and public keys: the verified series
 	signKey     []byte       // sign_with's; nil without
 	events      *eventFilter // nil without events
 	budget      *budget
@@ -162,13 +167,20 @@ func (pooledBudget) Destruct() error { return nil }
 
 // Provision sets the defaults, expands and decodes the secrets, builds the
 // verifier and the events filter, takes the handler's share of the budget
-// for unverified bodies, and loads the replay store and the config's App. Its errors name the field at fault and
-// never contain a secret.
+// for unverified bodies, and loads the replay store and the config's App.
+// Its errors name the field at fault and never contain a secret.
 func (h *Handler) Provision(ctx caddy.Context) error {
+	return h.provision(ctx, openAIFace, newHeaderFamilies(verifier.FamilyWebhook), nil)
+}
+
+// provision is Provision for a face, reading the signature headers of
+// families; publicKeys are standard_webhooks' (openai_webhook has none).
+func (h *Handler) provision(ctx caddy.Context, f *face, families []headerFamily, publicKeys []string) error {
+	h.face, h.families, h.unread = f, families, unreadHeaders(families)
 	h.logger = ctx.Logger()
 	h.storeErrors = &lograte.Limiter{Every: storeErrorLogEvery}
 	h.series = new(atomic.Pointer[serverSeries])
-	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+	if err := f.metrics.register(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
 	app, err := ctx.App(appName)
@@ -196,17 +208,33 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.Validate(); err != nil {
 		return err
 	}
-	keys, err := expandSecrets(h.Secrets)
+	if len(h.Secrets)+len(publicKeys) == 0 {
+		return f.noKey
+	}
+	keys, err := expandKeys("secrets", h.Secrets, f.parseSecret)
 	if err != nil {
 		return err
 	}
+	pubs, err := expandKeys("public_keys", publicKeys, verifier.ParsePublicKey)
+	if err != nil {
+		return err
+	}
+	h.keyCount = len(keys) + len(pubs)
 	h.warnWrittenSecrets()
 	if h.SignWith != "" {
-		if h.signKey, err = expandSecret("sign_with", h.SignWith); err != nil {
+		if h.signKey, err = expandKey("sign_with", h.SignWith, verifier.ParseSecret); err != nil {
 			return err
 		}
 	}
-	h.verifier, err = verifier.New(verifier.Config{Keys: keys, Tolerance: time.Duration(h.Tolerance)})
+	h.verifier, err = verifier.New(verifier.Config{
+		Keys:       keys,
+		PublicKeys: pubs,
+		// A header with v1 and v1a entries is what a sender moving from
+		// one kind of key to the other sends; openai_webhook, whose
+		// sender signs v1 only, stays strict.
+		SkipUnkeyed: f == standardFace,
+		Tolerance:   time.Duration(h.Tolerance),
+	})
 	if err != nil {
 		return err
 	}
@@ -222,7 +250,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.budget = shared.(pooledBudget).budget
-	return h.provisionReplay(ctx, keys)
+	return h.provisionReplay(ctx, append(keys, pubs...))
 }
 
 // Validate checks that every setting is within its range.
@@ -248,34 +276,32 @@ func chunksOf(size int64) int64 {
 	return (size + chunkSize - 1) / chunkSize * chunkSize
 }
 
-// expandSecrets resolves placeholders in each secret and decodes it.
-func expandSecrets(secrets []string) ([][]byte, error) {
-	if len(secrets) == 0 {
-		return nil, errors.New("secrets: at least one secret is required")
-	}
-	keys := make([][]byte, 0, len(secrets))
-	for i, s := range secrets {
-		key, err := expandSecret(fmt.Sprintf("secrets[%d]", i), s)
+// expandKeys resolves placeholders in each of the keys of field and
+// decodes it with parse.
+func expandKeys[K ~[]byte](field string, keys []string, parse func(string) (K, error)) ([][]byte, error) {
+	decoded := make([][]byte, 0, len(keys))
+	for i, k := range keys {
+		key, err := expandKey(fmt.Sprintf("%s[%d]", field, i), k, parse)
 		if err != nil {
 			return nil, err
 		}
-		keys = append(keys, key)
+		decoded = append(decoded, key)
 	}
-	return keys, nil
+	return decoded, nil
 }
 
-// expandSecret resolves the placeholders in the secret of field, and
-// decodes it. Its errors say which placeholder failed, never what it held.
-func expandSecret(field, secret string) ([]byte, error) {
-	expanded, err := caddy.NewReplacer().ReplaceOrErr(secret, true, true)
+// expandKey resolves the placeholders in the key of field, and decodes it
+// with parse. Its errors say which placeholder failed, never what it held.
+func expandKey[K ~[]byte](field, key string, parse func(string) (K, error)) ([]byte, error) {
+	expanded, err := caddy.NewReplacer().ReplaceOrErr(key, true, true)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", field, err)
 	}
-	key, err := verifier.ParseSecret(expanded)
+	decoded, err := parse(expanded)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", field, err)
 	}
-	return key, nil
+	return decoded, nil
 }
 
 // warnWrittenSecrets warns of each secret written into the config itself
@@ -291,7 +317,9 @@ func (h *Handler) warnWrittenSecrets() {
 // statistics. (Caddy cleans up the replay store, a module it loaded for the
 // handler.)
 func (h *Handler) Cleanup() error {
-	storeStats.leave(h)
+	if h.face != nil {
+		h.face.metrics.stores.leave(h)
+	}
 	if h.budgetKey == "" {
 		return nil
 	}
@@ -305,11 +333,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		w.Header().Set("Allow", http.MethodPost)
 		return h.refuse(w, r, outcomeMethodNotAllowed, errMethodNotAllowed, "")
 	}
-	if err := checkFraming(r.Header); err != nil {
+	if err := checkFraming(r.Header, h.families); err != nil {
 		return h.refuse(w, r, outcomeBadFraming, err, "")
 	}
-	headers, err := signatureHeaders(r.Header)
-	if err != nil {
+	headers, family, err := signatureHeaders(r.Header, h.families)
+	switch {
+	case errors.Is(err, errBadFraming):
+		return h.refuse(w, r, outcomeBadFraming, err, "")
+	case err != nil:
 		return h.refuse(w, r, outcomeMalformed, err, "")
 	}
 	// Headers and freshness first: a stale or unsigned request costs no
@@ -327,14 +358,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		msg.Discard()
 		return h.refuse(w, r, readOutcome(err), err, headers.ID)
 	}
-	key, err := msg.Finish()
+	result, err := finish(msg, &d.body)
+	if result.Ed25519Verifications > 0 {
+		h.seriesOf(r).ed25519.Add(float64(result.Ed25519Verifications))
+	}
 	if err != nil {
 		d.body.release()
 		return h.refuse(w, r, verdictOutcome(err), err, headers.ID)
 	}
 	d.body.verified()
-	d.hdr, d.series = headers, h.seriesOf(r)
-	d.series.verified[key].Inc()
+	d.hdr, d.family, d.series = headers, family, h.seriesOf(r)
+	d.series.verified[result.Key].Inc()
 	// Held until Caddy is done with the request, so that placeholders read
 	// after the forward (log_append, the access log) still find the event.
 	context.AfterFunc(r.Context(), d.body.release)
@@ -352,6 +386,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, d.passOn(r))
 	}
 	return h.forwardOnce(w, d.passOn(r), next, d)
+}
+
+// finish gives the verifier's verdict on a body read in full into b,
+// handing the verifier the body again only for v1a entries it must check.
+func finish(msg *verifier.Message, b *bufferedBody) (verifier.Result, error) {
+	if !msg.NeedsBody() {
+		key, err := msg.Finish()
+		return verifier.Result{Key: key}, err
+	}
+	return msg.FinishBody(b.all)
 }
 
 // answerFiltered answers a verified delivery of a type the allow-list
@@ -382,7 +426,7 @@ func (h *Handler) seriesOf(r *http.Request) *serverSeries {
 	if srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv != nil && srv.Name() != "" {
 		name = srv.Name()
 	}
-	s := newServerSeries(name, len(h.Secrets))
+	s := h.face.metrics.forServer(name, h.keyCount)
 	h.series.Store(s)
 	return s
 }
@@ -440,37 +484,6 @@ func bufferBodyClosing(b *bufferedBody, src io.ReadCloser, limit int64, hash io.
 		return os.ErrDeadlineExceeded
 	}
 	return err
-}
-
-// errRepeatedHeader refuses a header sent more than once: which copy a
-// verifier or the upstream reads would otherwise be ambiguous.
-var errRepeatedHeader = errors.New("signature header sent more than once")
-
-// signatureHeaders extracts the three signature headers.
-func signatureHeaders(hdr http.Header) (verifier.Headers, error) {
-	var h verifier.Headers
-	var err error
-	if h.ID, err = singleHeader(hdr, "Webhook-Id"); err != nil {
-		return h, err
-	}
-	if h.Timestamp, err = singleHeader(hdr, "Webhook-Timestamp"); err != nil {
-		return h, err
-	}
-	h.Signature, err = singleHeader(hdr, "Webhook-Signature")
-	return h, err
-}
-
-// singleHeader returns the value of a header that may appear at most once;
-// an absent header is "", which the verifier refuses.
-func singleHeader(hdr http.Header, canonicalName string) (string, error) {
-	values := hdr[canonicalName]
-	if len(values) > 1 {
-		return "", fmt.Errorf("%w: %s", errRepeatedHeader, canonicalName)
-	}
-	if len(values) == 0 {
-		return "", nil
-	}
-	return values[0], nil
 }
 
 // Interface guards

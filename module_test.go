@@ -45,11 +45,14 @@ func provisioned(t testing.TB, h *Handler) (*Handler, *bytes.Buffer) {
 
 // serve runs one request through h the way Caddy's server would.
 func serve(h *Handler, r *http.Request) (*nextApp, error) {
-	repl := caddy.NewReplacer()
-	r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
 	next := &nextApp{status: http.StatusNoContent}
-	err := h.ServeHTTP(httptest.NewRecorder(), r, next)
+	err := h.ServeHTTP(httptest.NewRecorder(), withReplacer(r), next)
 	return next, err
+}
+
+// withReplacer gives r the replacer Caddy's server gives every request.
+func withReplacer(r *http.Request) *http.Request {
+	return r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
 }
 
 // hiddenLength hides a reader's length, as a chunked request body does.
@@ -196,7 +199,7 @@ func TestRefusesWithStatusAndForwardsNothing(t *testing.T) {
 			tc.modify(r)
 			counted := map[string]float64{}
 			for _, o := range allOutcomes {
-				counted[o] = testutil.ToFloat64(requestsTotal.WithLabelValues("UNKNOWN", o))
+				counted[o] = testutil.ToFloat64(openAIFace.metrics.requests.WithLabelValues("UNKNOWN", o))
 			}
 			got, err := serve(h, r)
 			if status := statusOf(err); status != tc.outcome.status {
@@ -207,7 +210,7 @@ func TestRefusesWithStatusAndForwardsNothing(t *testing.T) {
 				if o == tc.outcome.name {
 					want++
 				}
-				if n := testutil.ToFloat64(requestsTotal.WithLabelValues("UNKNOWN", o)); n != want {
+				if n := testutil.ToFloat64(openAIFace.metrics.requests.WithLabelValues("UNKNOWN", o)); n != want {
 					t.Errorf("requests_total{outcome=%q} = %v, want %v", o, n, want)
 				}
 			}
@@ -365,12 +368,12 @@ func TestUnverifiedBudget(t *testing.T) {
 	r := signedRequest(t, "wh_refused_for_now", body, time.Now())
 	r.Body = io.NopCloser(errReader{errors.New("body was read")})
 	w := httptest.NewRecorder()
-	before := testutil.ToFloat64(requestsTotal.WithLabelValues("UNKNOWN", outcomeOverloaded.name))
+	before := testutil.ToFloat64(openAIFace.metrics.requests.WithLabelValues("UNKNOWN", outcomeOverloaded.name))
 	err := h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer())), &nextApp{status: http.StatusNoContent})
 	if statusOf(err) != http.StatusServiceUnavailable || w.Header().Get("Retry-After") != "60" {
 		t.Fatalf("with the budget spent: %v, Retry-After %q; want 503 and 60", err, w.Header().Get("Retry-After"))
 	}
-	if testutil.ToFloat64(requestsTotal.WithLabelValues("UNKNOWN", outcomeOverloaded.name)) != before+1 {
+	if testutil.ToFloat64(openAIFace.metrics.requests.WithLabelValues("UNKNOWN", outcomeOverloaded.name)) != before+1 {
 		t.Error("not counted as overloaded")
 	}
 
@@ -452,7 +455,7 @@ func TestVerifiedCountedBySecret(t *testing.T) {
 		h, _ := provisioned(t, &Handler{Secrets: tc.secrets})
 		counted := func() (signer, others float64) {
 			for _, label := range []string{"0", "1"} {
-				n := testutil.ToFloat64(verifiedTotal.WithLabelValues("UNKNOWN", label))
+				n := testutil.ToFloat64(openAIFace.metrics.verified.WithLabelValues("UNKNOWN", label))
 				if label == tc.signer {
 					signer = n
 				} else {

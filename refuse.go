@@ -10,8 +10,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 	"golang.org/x/net/http/httpguts"
-
-	"github.com/webhookgate/caddy-openai-webhook/internal/verifier"
 )
 
 // refuse counts and logs a refusal and returns it for Caddy's error
@@ -20,7 +18,7 @@ import (
 func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, o outcome, reason error, id string) error {
 	h.seriesOf(r).requests[o.name].Inc()
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
-		repl.Set("http.openai_webhook.error", o.name)
+		repl.Set(h.face.errorKey, o.name)
 	}
 	if o == outcomeOverloaded {
 		w.Header().Set("Retry-After", h.retryAfter)
@@ -106,8 +104,9 @@ var errBadFraming = errors.New("request framing refused")
 // it, unverified, to an app that answers 101), a Connection header naming a
 // signature header (Caddy would strip it as hop-by-hop before the app sees
 // it), and a Content-Length given more than once (possible on HTTP/2 and
-// HTTP/3; Go's HTTP/1 server refuses it itself).
-func checkFraming(hdr http.Header) error {
+// HTTP/3; Go's HTTP/1 server refuses it itself). The signature headers are
+// those of families.
+func checkFraming(hdr http.Header, families []headerFamily) error {
 	if len(hdr["Content-Length"]) > 1 {
 		return fmt.Errorf("%w: Content-Length sent more than once", errBadFraming)
 	}
@@ -121,9 +120,12 @@ func checkFraming(hdr http.Header) error {
 	if httpguts.HeaderValuesContainsToken(connection, "upgrade") {
 		return fmt.Errorf("%w: the request asks to upgrade the connection", errBadFraming)
 	}
-	for _, name := range []string{verifier.HeaderID, verifier.HeaderTimestamp, verifier.HeaderSignature} {
-		if httpguts.HeaderValuesContainsToken(connection, name) {
-			return fmt.Errorf("%w: the Connection header names %s, which would be removed before the app sees it", errBadFraming, name)
+	for _, f := range families {
+		n := f.Names()
+		for _, name := range []string{n.ID, n.Timestamp, n.Signature} {
+			if httpguts.HeaderValuesContainsToken(connection, name) {
+				return fmt.Errorf("%w: the Connection header names %s, which would be removed before the app sees it", errBadFraming, name)
+			}
 		}
 	}
 	return nil

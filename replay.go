@@ -39,7 +39,7 @@ func (h *Handler) provisionReplay(ctx caddy.Context, keys [][]byte) error {
 	}
 	h.replay = store
 	if c, ok := store.(interface{ Counter() replaystore.Counter }); ok {
-		storeStats.join(h, c.Counter())
+		h.face.metrics.stores.join(h, c.Counter())
 	}
 	return nil
 }
@@ -165,7 +165,7 @@ func (h *Handler) countStoreError(server, operation string, err error) {
 	if err == nil {
 		return
 	}
-	replayStoreErrors.WithLabelValues(server, operation).Inc()
+	h.face.metrics.replayStoreErrors.WithLabelValues(server, operation).Inc()
 	if suppressed, ok := h.storeErrors.Allow(time.Now()); ok {
 		h.logger.Error("replay store failed", zap.String("operation", operation), zap.Error(err),
 			zap.Int64("failures_not_logged", suppressed))

@@ -301,16 +301,17 @@ func (r record) checkBody(t *testing.T, want []byte) {
 //	{ admin …; <Global> }
 //	http://127.0.0.1:<port> {
 //		<Site>
-//		openai_webhook { <Handler> }
+//		<Directive> { <Handler> }
 //		reverse_proxy 127.0.0.1:<upstream> { <Proxy> }
 //	}
 //
-// or, with Routes set, the site's openai_webhook and Routes instead of
+// or, with Routes set, the site's verifying handler and Routes instead of
 // the reverse_proxy.
 type caddyConfig struct {
 	Global       string // global options besides admin
 	Site         string // site directives besides the two below
-	Handler      string // the openai_webhook block; "" is defaultHandler
+	Directive    string // the verifying handler: "" is openai_webhook
+	Handler      string // its block; "" is defaultHandler
 	Proxy        string // the reverse_proxy block
 	UpstreamPort int
 	Routes       string   // the site's directives after openai_webhook, instead of the reverse_proxy
@@ -387,6 +388,9 @@ func (c *caddyServer) writeConfig(t *testing.T, cfg caddyConfig) {
 	if cfg.Handler == "" {
 		cfg.Handler = defaultHandler
 	}
+	if cfg.Directive == "" {
+		cfg.Directive = "openai_webhook"
+	}
 	if cfg.Routes == "" {
 		cfg.Routes = fmt.Sprintf("reverse_proxy 127.0.0.1:%d {\n\t\t%s\n\t}", cfg.UpstreamPort, cfg.Proxy)
 	}
@@ -397,14 +401,14 @@ func (c *caddyServer) writeConfig(t *testing.T, cfg caddyConfig) {
 
 %s {
 	%s
-	openai_webhook {
+	%s {
 		%s
 	}
 	%s
 }
 
 %s
-`, c.admin, cfg.Global, c.url, cfg.Site, cfg.Handler, cfg.Routes, cfg.Sites)
+`, c.admin, cfg.Global, c.url, cfg.Site, cfg.Directive, cfg.Handler, cfg.Routes, cfg.Sites)
 	if err := os.WriteFile(c.config, []byte(caddyfile), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -570,13 +574,16 @@ func (c *caddyServer) metrics(t *testing.T, prefix string) []sample {
 	return out
 }
 
-// outcomes returns caddy_openai_webhook_requests_total by outcome (every
-// server of the config together), from the admin endpoint's /metrics.
+// outcomes returns the verifying handlers' requests_total by outcome
+// (openai_webhook's and standard_webhooks', every server of the config
+// together), from the admin endpoint's /metrics.
 func (c *caddyServer) outcomes(t *testing.T) map[string]float64 {
 	t.Helper()
 	counts := map[string]float64{}
-	for _, s := range c.metrics(t, "caddy_openai_webhook_requests_total") {
-		counts[s.labels["outcome"]] += s.value
+	for _, name := range []string{"caddy_openai_webhook_requests_total", "caddy_standard_webhooks_requests_total"} {
+		for _, s := range c.metrics(t, name) {
+			counts[s.labels["outcome"]] += s.value
+		}
 	}
 	return counts
 }
