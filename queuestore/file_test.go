@@ -1,6 +1,7 @@
 package queuestore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -239,10 +240,8 @@ func TestFileForgetsDeliveryIDs(t *testing.T) {
 	}
 	kept := func() (ids, forget int) {
 		t.Helper()
-		b, err := q.db.bolt()
-		if err != nil {
-			t.Fatal(err)
-		}
+		settleFile(t, q)
+		b := fileBolt(t, q)
 		_ = b.View(func(tx *bolt.Tx) error {
 			ids, forget = tx.Bucket(bucketIDs).Stats().KeyN, tx.Bucket(bucketForget).Stats().KeyN
 			return nil
@@ -271,28 +270,121 @@ func TestFileForgetsDeliveryIDs(t *testing.T) {
 	}
 }
 
-// TestFileDeadReadsNoLetter: Dead lists the dead letters from their
-// summaries, and reads no letter (here made unreadable).
-func TestFileDeadReadsNoLetter(t *testing.T) {
+// TestFileListReadsNoBody: List shows each state from the infos, and
+// reads no message nor letter (here made unreadable).
+func TestFileListReadsNoBody(t *testing.T) {
 	ctx := context.Background()
 	q, _ := openStore(t, &File{Path: filepath.Join(t.TempDir(), "q")}, options(10))
-	enqueue(t, q, "wh_dead")
+	enqueue(t, q, "wh_dead", "wh_scheduled", "wh_flight", "wh_pending")
 	m := take(t, q, time.Minute)
 	if err := q.Bury(ctx, m, Attempt{At: time.Now(), Error: "x"}); err != nil {
 		t.Fatal(err)
 	}
-	b, _ := q.db.bolt()
-	if err := b.Update(func(tx *bolt.Tx) error {
+	if err := q.Reschedule(ctx, take(t, q, time.Minute), Attempt{At: time.Now(), Status: 503}, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	take(t, q, time.Minute)
+	if err := fileBolt(t, q).Update(func(tx *bolt.Tx) error {
 		if info := tx.Bucket(bucketDeadInfo).Get([]byte(m.ID)); strings.Contains(string(info), "body") || strings.Contains(string(info), "header") {
-			t.Errorf("the dead letter's summary holds more than its history: %s", info)
+			t.Errorf("the dead letter's info holds more than its summary: %s", info)
+		}
+		msgs := tx.Bucket(bucketMessages)
+		var recs [][2][]byte
+		_ = msgs.ForEach(func(k, v []byte) error {
+			_, inf, _, _ := recordParts(v)
+			recs = append(recs, [2][]byte{bytes.Clone(k), recordOf(keyTime(v), inf, []byte("not JSON"))})
+			return nil
+		})
+		for _, r := range recs {
+			if err := msgs.Put(r[0], r[1]); err != nil {
+				return err
+			}
 		}
 		return tx.Bucket(bucketDead).Put([]byte(m.ID), []byte("not JSON"))
 	}); err != nil {
 		t.Fatal(err)
 	}
-	dead, err := q.Dead(ctx, 10)
-	if err != nil || len(dead) != 1 || dead[0].ID != m.ID || dead[0].DeliveryID != "wh_dead" || len(dead[0].Attempts) != 1 {
-		t.Fatalf("dead letters: %+v, %v", dead, err)
+	for state, want := range map[State]string{StateDead: "wh_dead", StateScheduled: "wh_scheduled", StateInFlight: "wh_flight", StatePending: "wh_pending"} {
+		got := list(t, q, state, 10)
+		if len(got) != 1 || got[0].DeliveryID != want || got[0].Received.IsZero() {
+			t.Errorf("%s: %+v, want %s", state, got, want)
+		}
+	}
+	if _, err := q.Take(ctx, 1, time.Minute); err == nil {
+		t.Fatal("the unreadable message was taken")
+	}
+}
+
+// fileBolt is q's open file.
+func fileBolt(t testing.TB, q *File) *bolt.DB {
+	t.Helper()
+	b, release, err := q.db.use()
+	if err != nil {
+		t.Fatal(err)
+	}
+	release()
+	return b
+}
+
+// settleFile commits the completions that wait.
+func settleFile(t testing.TB, q *File) {
+	t.Helper()
+	if err := q.db.flush(fileBolt(t, q)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fileWrites counts the pages bbolt wrote to q's file so far, the meta
+// pages of its commits included.
+func fileWrites(t testing.TB, q *File) int64 {
+	t.Helper()
+	st := fileBolt(t, q).Stats()
+	return st.TxStats.GetWrite()
+}
+
+// seedFile stores n messages of 1 KiB straight into q's file, as the
+// engine would: dead letters buried now, or messages scheduled an hour
+// ahead; each with one attempt, last.
+func seedFile(t testing.TB, q *File, n int, dead bool, last Attempt) {
+	t.Helper()
+	f := q.db
+	now := f.now()
+	msgs, raws, infs := seedMessages(t, n, now, func(int) string { return f.newID(now) }, last)
+	for start := 0; start < n; start += 5000 {
+		if err := fileBolt(t, q).Update(func(tx *bolt.Tx) error {
+			for i := start; i < min(n, start+5000); i++ {
+				m, raw, inf := msgs[i], raws[i], infs[i]
+				id := []byte(m.ID)
+				if err := tx.Bucket(bucketIDs).Put([]byte(m.DeliveryID), append([]byte{idHeld}, id...)); err != nil {
+					return err
+				}
+				if dead {
+					if err := tx.Bucket(bucketDead).Put(id, raw); err != nil {
+						return err
+					}
+					if err := tx.Bucket(bucketDeadInfo).Put(id, append(timeKey(now, nil), inf...)); err != nil {
+						return err
+					}
+					if err := tx.Bucket(bucketDeadTime).Put(timeKey(now, id), nil); err != nil {
+						return err
+					}
+					if err := addDeadCount(tx, 1); err != nil {
+						return err
+					}
+					continue
+				}
+				if err := tx.Bucket(bucketMessages).Put(id, recordOf(m.Due, inf, raw)); err != nil {
+					return err
+				}
+				if err := tx.Bucket(bucketDue).Put(timeKey(m.Due, id), nil); err != nil {
+					return err
+				}
+				f.live.Add(1)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

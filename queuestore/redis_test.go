@@ -190,17 +190,19 @@ func TestRedisRestart(t *testing.T) {
 	time.Sleep(lease)
 	got := map[string]bool{}
 	for start := time.Now(); len(got) < 3 && time.Since(start) < 10*time.Second; {
-		m, err := q.Take(ctx, lease)
+		ms, err := q.Take(ctx, 2, lease)
 		if err != nil { // the client reconnects
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
-		if m == nil {
+		if len(ms) == 0 {
 			break
 		}
-		got[m.DeliveryID] = true
-		if err := q.Complete(ctx, m, Attempt{At: time.Now(), Status: 200}); err != nil {
-			t.Fatal(err)
+		for _, m := range ms {
+			got[m.DeliveryID] = true
+			if err := q.Complete(ctx, m, Attempt{At: time.Now(), Status: 200}); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	if len(got) != 3 {
@@ -219,7 +221,7 @@ func TestRedisDown(t *testing.T) {
 	if err := q.Enqueue(ctx, message("wh_down")); err == nil || errors.Is(err, ErrFull) {
 		t.Fatalf("enqueue with Redis down: %v", err)
 	}
-	if _, err := q.Take(ctx, time.Minute); err == nil {
+	if _, err := q.Take(ctx, 1, time.Minute); err == nil {
 		t.Fatal("take with Redis down: no error")
 	}
 	srv.Start()
@@ -350,6 +352,7 @@ func TestRedisPruneConsumers(t *testing.T) {
 	if err := idle.Complete(ctx, done, Attempt{At: time.Now(), Status: 200}); err != nil {
 		t.Fatal(err)
 	}
+	settleRedis(t, idle)
 	if got := srv.Do("XINFO", "CONSUMERS", holding.keys.stream, group); got != "*2" {
 		t.Fatalf("consumers before: %s", got)
 	}
@@ -360,5 +363,109 @@ func TestRedisPruneConsumers(t *testing.T) {
 	}
 	if got := srv.Do("XINFO", "CONSUMERS", holding.keys.stream, group); got != "*1" {
 		t.Fatalf("consumers after: %s", got)
+	}
+}
+
+// seedScript: KEYS messages, info, live, scheduled, dead, dead_info,
+// dead_index; ARGV "1" for dead letters, the prefix of the DeliveryIDs'
+// keys, now (ms), then for each message its id, JSON, info, DeliveryID
+// and due time (ms). Stores them as the scripts would.
+var seedScript = rueidis.NewLuaScript(`for i = 4, #ARGV, 5 do
+	local id = ARGV[i]
+	if ARGV[1] == '1' then
+		redis.call('HSET', KEYS[5], id, ARGV[i + 1])
+		redis.call('HSET', KEYS[6], id, ARGV[i + 2])
+		redis.call('ZADD', KEYS[7], ARGV[3], id)
+	else
+		redis.call('HSET', KEYS[1], id, ARGV[i + 1])
+		redis.call('HSET', KEYS[2], id, ARGV[i + 2])
+		redis.call('ZADD', KEYS[3], ARGV[3], id)
+		redis.call('ZADD', KEYS[4], ARGV[i + 4], id)
+	end
+	redis.call('SET', ARGV[2] .. ARGV[i + 3], id)
+end
+return 0`)
+
+// seedRedis stores n messages of 1 KiB straight into q's Redis, as the
+// scripts would: dead letters buried now, or messages scheduled an hour
+// ahead; each with one attempt, last.
+func seedRedis(t *testing.T, q *Redis, n int, dead bool, last Attempt) {
+	t.Helper()
+	ctx := context.Background()
+	now := time.Now()
+	keys := []string{q.keys.messages, q.keys.info, q.keys.live, q.keys.scheduled, q.keys.dead, q.keys.deadInfo, q.keys.deadIndex}
+	msgs, raws, infs := seedMessages(t, n, now, func(i int) string { return newMessageID(now.Add(time.Duration(i))) }, last)
+	client, err := q.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for start := 0; start < n; start += 1000 {
+		args := []string{flag(dead), q.keys.delivery, ms(now)}
+		for i := start; i < min(n, start+1000); i++ {
+			args = append(args, msgs[i].ID, string(raws[i]), string(infs[i]), msgs[i].DeliveryID, ms(msgs[i].Due))
+		}
+		if err := seedScript.Exec(ctx, client, keys, args).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// settleRedis sends the completions that wait.
+func settleRedis(t *testing.T, q *Redis) {
+	t.Helper()
+	if err := q.shared.flush(context.Background(), q); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// redisWrites counts the changes Redis made to its data
+// (rdb_changes_since_last_save: the test servers never save).
+func redisWrites(t *testing.T, q *Redis) int64 {
+	t.Helper()
+	info, err := q.Do(context.Background(), func(c rueidis.Client) rueidis.Completed {
+		return c.B().Info().Section("persistence").Build()
+	}).ToString()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(info, "rdb_changes_since_last_save:")
+	if !ok {
+		t.Fatalf("no rdb_changes_since_last_save in %q", info)
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(strings.SplitN(rest, "\n", 2)[0]), 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestRedisListReadsNoBody: List shows each state from the infos, and
+// reads no message nor letter (here made unreadable).
+func TestRedisListReadsNoBody(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t, redistest.Options{Durable: true})
+	q, _ := openStore(t, &Redis{Config: redisconn.Config{Address: srv.Addr}}, options(10))
+	enqueue(t, q, "wh_dead", "wh_scheduled", "wh_flight", "wh_pending")
+	dead := take(t, q, time.Minute)
+	if err := q.Bury(ctx, dead, Attempt{At: time.Now(), Error: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	scheduled := take(t, q, time.Minute)
+	if err := q.Reschedule(ctx, scheduled, Attempt{At: time.Now(), Status: 503}, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	flight := take(t, q, time.Minute)
+	for _, m := range []*Message{scheduled, flight} {
+		srv.Do("HSET", q.keys.messages, m.ID, "not JSON")
+	}
+	srv.Do("HSET", q.keys.dead, dead.ID, "not JSON")
+	for state, want := range map[State]string{StateDead: "wh_dead", StateScheduled: "wh_scheduled", StateInFlight: "wh_flight", StatePending: "wh_pending"} {
+		got := list(t, q, state, 10)
+		if len(got) != 1 || got[0].DeliveryID != want || got[0].Received.IsZero() {
+			t.Errorf("%s: %+v, want %s", state, got, want)
+		}
+	}
+	if got := list(t, q, StatePending, 10)[0]; got.Due.IsZero() || got.Due.After(time.Now()) {
+		t.Errorf("pending: due %v", got.Due)
 	}
 }

@@ -110,6 +110,38 @@ type Counts struct {
 	// Oldest is when the oldest message not dead was stored (zero with
 	// none).
 	Oldest time.Time `json:"oldest,omitzero"`
+	// NextDue is when the soonest scheduled message is due (zero with
+	// none).
+	NextDue time.Time `json:"next_due,omitzero"`
+	// DeadDropped counts the dead letters the retention dropped, since
+	// the store was opened by this process.
+	DeadDropped int64 `json:"dead_dropped"`
+}
+
+// State is a message's state, for List.
+type State string
+
+// States.
+const (
+	StatePending   State = "pending"
+	StateScheduled State = "scheduled"
+	StateInFlight  State = "in_flight"
+	StateDead      State = "dead"
+)
+
+// Summary is a message as List shows it: never its body nor a header.
+type Summary struct {
+	ID         string    `json:"id"`
+	DeliveryID string    `json:"delivery_id,omitempty"`
+	Received   time.Time `json:"received"`
+	// Due: when it is due (pending, scheduled); zero for the others.
+	Due time.Time `json:"due,omitzero"`
+	// Attempts counts its attempts; Tries those since it was stored or
+	// revived.
+	Attempts int `json:"attempts"`
+	Tries    int `json:"tries"`
+	// Last is its last attempt, if any.
+	Last *Attempt `json:"last,omitempty"`
 }
 
 // Options are what a store is told of its queue.
@@ -124,7 +156,17 @@ type Options struct {
 	// Retention is how long the DeliveryID of a delivered message is
 	// remembered, so that the sender's repeat of it is not stored again.
 	Retention time.Duration
+	// DeadMaxAge and DeadMaxCount bound the dead letters kept: past
+	// either, the oldest are dropped (their DeliveryIDs released) and
+	// counted in Counts.DeadDropped. Zero: no bound of that kind.
+	DeadMaxAge   time.Duration
+	DeadMaxCount int
 }
+
+// BulkBatch bounds the messages one transaction of a bulk operation
+// (ReviveAll, DropAll, BringForward) touches, so that it never holds the
+// store's writer, and the enqueues waiting for it, for long.
+const BulkBatch = 500
 
 // Errors of the stores.
 var (
@@ -158,44 +200,78 @@ type Store interface {
 	// delivered within the retention; ErrFull when the queue is at its
 	// limit.
 	Enqueue(ctx context.Context, m *Message) error
-	// Take returns a due message, now in flight until lease from now (when
-	// it becomes due again unless settled or extended: the worker died),
-	// or nil when none is due. A lease is measured on a clock that a step
-	// of the wall clock does not move.
-	Take(ctx context.Context, lease time.Duration) (*Message, error)
+	// Take returns up to n due messages, each now in flight until lease
+	// from now (when it becomes due again unless settled or extended: the
+	// worker died), or none when none is due. A lease is measured on a
+	// clock that a step of the wall clock does not move. A Take that finds
+	// nothing due writes nothing (an idle queue costs no write, no fsync).
+	Take(ctx context.Context, n int, lease time.Duration) ([]*Message, error)
+	// Wait returns a channel that is closed when a message may have
+	// become due: one was stored or made due by this process, or the
+	// soonest scheduled one's time came (engines that other processes
+	// share also close it at a poll's interval). Workers wait on it
+	// instead of polling.
+	Wait() <-chan struct{}
 	// Extend moves the end of the take's lease to lease from now, while
 	// an attempt runs longer than planned; ErrLeaseLost when the take no
 	// longer holds it.
 	Extend(ctx context.Context, m *Message, lease time.Duration) error
 	// Complete removes a message taken: the app has it, even if the
 	// take's lease ended meanwhile. Its DeliveryID is remembered for the
-	// retention.
+	// retention. It need not be durable when it returns (a completion a
+	// crash loses is one more delivery of the message): an engine may
+	// commit completions together, without an fsync of their own, as long
+	// as a completed message is not taken again by this process.
 	Complete(ctx context.Context, m *Message, a Attempt) error
 	// Reschedule records a failed attempt (counting it in Tries) and
 	// makes the message due at next. A take whose lease ended (the
 	// message was taken again, or is due again) changes nothing: the
 	// message is another take's now.
 	Reschedule(ctx context.Context, m *Message, a Attempt, next time.Time) error
+	// Postpone records a failed attempt without counting it in Tries and
+	// makes the message due at next: an attempt the queue made while it
+	// knew the app to be down (a probe) costs the message no place in its
+	// schedule. Like Reschedule, only while the take holds its lease.
+	Postpone(ctx context.Context, m *Message, a Attempt, next time.Time) error
 	// Bury records the last failed attempt (counting it in Tries) and
 	// keeps the message as a dead letter; like Reschedule, only while the
 	// take holds its lease.
 	Bury(ctx context.Context, m *Message, a Attempt) error
 	// Counts counts the messages by state.
 	Counts(ctx context.Context) (Counts, error)
-	// Dead lists up to limit dead letters, oldest first, without bodies
-	// (an engine does not decode them to list).
-	Dead(ctx context.Context, limit int) ([]Message, error)
+	// List lists up to limit messages in state, oldest first, as
+	// summaries (an engine does not decode bodies to list them).
+	List(ctx context.Context, state State, limit int) ([]Summary, error)
+	// BringForward makes due now every scheduled message whose last
+	// attempt keep says yes to (the app was unreachable, say, and is
+	// back), in batches of BulkBatch, and returns how many.
+	BringForward(ctx context.Context, keep func(Attempt) bool) (int, error)
 	// Revive makes the dead letter id due at once, with its history and a
 	// new round of the retry schedule (Tries 0); ErrNotFound if it is not
 	// a dead letter.
 	Revive(ctx context.Context, id string) error
-	// ReviveAll revives every dead letter, and returns how many.
+	// ReviveAll revives dead letters, oldest first, in batches of
+	// BulkBatch, while the queue has room under MaxPending, and returns
+	// how many (those left stay dead letters).
 	ReviveAll(ctx context.Context) (int, error)
 	// Drop deletes the dead letter id (ErrNotFound if it is not one), and
 	// releases its DeliveryID: the operator gave it up, and the sender's
 	// next delivery of it (a resend asked of the sender) is stored anew.
 	// A dead letter, and one revived, holds its DeliveryID.
 	Drop(ctx context.Context, id string) error
+	// DropAll drops every dead letter, in batches of BulkBatch, and
+	// returns how many.
+	DropAll(ctx context.Context) (int, error)
+	// Compact gives the space that messages delivered or dropped left
+	// back to the system, and returns the store's size before and after
+	// in bytes; an engine with nothing to give back returns 0, 0. Writes
+	// wait while it runs.
+	Compact(ctx context.Context) (before, after int64, err error)
 	// Name is the queue's name, as Options gave it.
 	Name() string
+	// Location says where the store keeps its queue, once opened (the
+	// file's path; Redis's address and the key prefix), without
+	// credentials: two queues of a config with one location would take
+	// each other's messages.
+	Location() string
 }

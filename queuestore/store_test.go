@@ -32,6 +32,14 @@ type engine struct {
 	// (fakeClock), which moves at once; Redis's is its server's, and the
 	// test sleeps.
 	elapse func(d time.Duration)
+	// seed stores n messages of 1 KiB straight into the engine, each a
+	// dead letter (dead) or scheduled an hour ahead, its last attempt
+	// failing with last: for the bulk operations.
+	seed func(t *testing.T, q Store, n int, dead bool, last Attempt)
+	// settle commits, or sends, the completions that wait.
+	settle func(t *testing.T, q Store)
+	// writes counts the writes the engine made so far.
+	writes func(t *testing.T, q Store) int64
 }
 
 // forEachEngine runs test on a fresh queue of each engine, in parallel
@@ -47,6 +55,9 @@ func forEachEngine(t *testing.T, test func(t *testing.T, e engine)) {
 			},
 			now:    clock.Now,
 			elapse: clock.Advance,
+			seed:   func(t *testing.T, q Store, n int, dead bool, last Attempt) { seedFile(t, q.(*File), n, dead, last) },
+			settle: func(t *testing.T, q Store) { settleFile(t, q.(*File)) },
+			writes: func(t *testing.T, q Store) int64 { return fileWrites(t, q.(*File)) },
 		})
 	})
 	t.Run("redis", func(t *testing.T) {
@@ -59,6 +70,9 @@ func forEachEngine(t *testing.T, test func(t *testing.T, e engine)) {
 			},
 			now:    time.Now,
 			elapse: time.Sleep,
+			seed:   func(t *testing.T, q Store, n int, dead bool, last Attempt) { seedRedis(t, q.(*Redis), n, dead, last) },
+			settle: func(t *testing.T, q Store) { settleRedis(t, q.(*Redis)) },
+			writes: func(t *testing.T, q Store) int64 { return redisWrites(t, q.(*Redis)) },
 		})
 	})
 }
@@ -74,7 +88,7 @@ func openStore[S interface {
 	Store
 	caddy.Provisioner
 	caddy.CleanerUpper
-}](t *testing.T, q S, o Options) (S, func()) {
+}](t testing.TB, q S, o Options) (S, func()) {
 	t.Helper()
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	if err := q.Provision(ctx); err != nil {
@@ -113,23 +127,46 @@ func enqueue(t *testing.T, q Store, ids ...string) {
 	}
 }
 
+// take takes one message, or none (nil).
 func take(t *testing.T, q Store, lease time.Duration) *Message {
 	t.Helper()
-	m, err := q.Take(context.Background(), lease)
+	ms := takeN(t, q, 1, lease)
+	if len(ms) == 0 {
+		return nil
+	}
+	return ms[0]
+}
+
+func takeN(t *testing.T, q Store, n int, lease time.Duration) []*Message {
+	t.Helper()
+	ms, err := q.Take(context.Background(), n, lease)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return m
+	if len(ms) > n {
+		t.Fatalf("took %d messages, asked for %d", len(ms), n)
+	}
+	return ms
 }
 
+// counts are q's counts but for Oldest and NextDue.
 func counts(t *testing.T, q Store) Counts {
 	t.Helper()
 	c, err := q.Counts(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.Oldest = time.Time{}
+	c.Oldest, c.NextDue = time.Time{}, time.Time{}
 	return c
+}
+
+func list(t *testing.T, q Store, state State, limit int) []Summary {
+	t.Helper()
+	s, err := q.List(context.Background(), state, limit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 func TestStoreLifecycle(t *testing.T) {
@@ -242,16 +279,16 @@ func TestStoreDeadLetters(t *testing.T) {
 		if c := counts(t, q); c != (Counts{Dead: 3}) {
 			t.Fatalf("three buried: %+v", c)
 		}
-		dead, err := q.Dead(ctx, 10)
-		if err != nil || len(dead) != 3 || dead[0].DeliveryID != "wh_a" || dead[0].Body != nil || dead[0].Header != nil ||
-			len(dead[0].Attempts) != 1 || dead[0].Attempts[0].Error != "connection refused" || dead[0].Tries != 1 || dead[0].Received.IsZero() {
-			t.Fatalf("dead letters: %+v, %v", dead, err)
+		dead := list(t, q, StateDead, 10)
+		if len(dead) != 3 || dead[0].DeliveryID != "wh_a" || dead[0].Attempts != 1 || dead[0].Last == nil ||
+			dead[0].Last.Error != "connection refused" || dead[0].Tries != 1 || dead[0].Received.IsZero() || !dead[0].Due.IsZero() {
+			t.Fatalf("dead letters: %+v", dead)
 		}
-		if one, err := q.Dead(ctx, 1); err != nil || len(one) != 1 || one[0].ID != dead[0].ID {
-			t.Fatalf("the first dead letter: %+v, %v", one, err)
+		if one := list(t, q, StateDead, 1); len(one) != 1 || one[0].ID != dead[0].ID {
+			t.Fatalf("the first dead letter: %+v", one)
 		}
-		if none, err := q.Dead(ctx, 0); err != nil || len(none) != 0 {
-			t.Fatalf("no dead letter asked: %+v, %v", none, err)
+		if none := list(t, q, StateDead, 0); len(none) != 0 {
+			t.Fatalf("no dead letter asked: %+v", none)
 		}
 		if err := q.Drop(ctx, dead[2].ID); err != nil {
 			t.Fatal(err)
@@ -290,8 +327,8 @@ func TestStoreDeadLetters(t *testing.T) {
 		if err := q.Bury(ctx, m, Attempt{At: time.Now(), Error: "again"}); err != nil {
 			t.Fatal(err)
 		}
-		if dead, err := q.Dead(ctx, 10); err != nil || len(dead) != 1 || dead[0].ID != m.ID || len(dead[0].Attempts) != 2 || dead[0].Tries != 1 {
-			t.Fatalf("buried again: %+v, %v", dead, err)
+		if dead := list(t, q, StateDead, 10); len(dead) != 1 || dead[0].ID != m.ID || dead[0].Attempts != 2 || dead[0].Tries != 1 || dead[0].Last.Error != "again" {
+			t.Fatalf("buried again: %+v", dead)
 		}
 	})
 }
@@ -573,19 +610,21 @@ func TestStoreConcurrent(t *testing.T) {
 			wg.Go(func() {
 				q := stores[w%2]
 				for {
-					m, err := q.Take(ctx, time.Minute)
+					ms, err := q.Take(ctx, 1+w%4, time.Minute)
 					if err != nil {
 						t.Error(err)
 						return
 					}
-					if m == nil {
+					if len(ms) == 0 {
 						return
 					}
-					mu.Lock()
-					taken[m.DeliveryID]++
-					mu.Unlock()
-					if err := q.Complete(ctx, m, Attempt{At: time.Now(), Status: 200}); err != nil {
-						t.Error(err)
+					for _, m := range ms {
+						mu.Lock()
+						taken[m.DeliveryID]++
+						mu.Unlock()
+						if err := q.Complete(ctx, m, Attempt{At: time.Now(), Status: 200}); err != nil {
+							t.Error(err)
+						}
 					}
 				}
 			})

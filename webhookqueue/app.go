@@ -10,12 +10,14 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
+	"golang.org/x/time/rate"
 
 	"github.com/webhookgate/caddy-openai-webhook/internal/lograte"
 	"github.com/webhookgate/caddy-openai-webhook/queuestore"
@@ -100,6 +102,7 @@ type queue struct {
 	signKey  []byte
 	client   *http.Client
 	retry    []caddy.Duration
+	span     time.Duration // the schedule's whole length
 	timeout  caddy.Duration
 	workers  int
 	settings []byte // the first handler's, which the others must match
@@ -109,7 +112,8 @@ type queue struct {
 	gate    sync.RWMutex
 	running bool
 
-	wake        chan struct{} // a message was stored: an idle worker looks
+	health      health
+	limiter     *rate.Limiter // rate's; nil without
 	storeErrors *lograte.Limiter
 	logger      *zap.Logger
 }
@@ -123,6 +127,9 @@ func (a *App) queueFor(h *Handler, q *queue) (*queue, error) {
 	}
 	for _, other := range a.queues {
 		if other.store.Name() != h.Name {
+			if other.store.Location() == q.store.Location() {
+				return nil, fmt.Errorf("store: %s is also the store of the queue %q: give each queue a store of its own", q.store.Location(), other.store.Name())
+			}
 			continue
 		}
 		if !bytes.Equal(settings, other.settings) {
@@ -131,7 +138,12 @@ func (a *App) queueFor(h *Handler, q *queue) (*queue, error) {
 		return other, nil
 	}
 	q.retry, q.timeout, q.workers, q.settings = h.Retry, h.Timeout, h.Workers, settings
-	q.wake = make(chan struct{}, h.Workers)
+	for _, d := range h.Retry {
+		q.span += time.Duration(d)
+	}
+	if h.Rate > 0 {
+		q.limiter = rate.NewLimiter(rate.Limit(h.Rate), max(1, int(h.Rate)))
+	}
 	q.storeErrors = &lograte.Limiter{Every: storeErrorLogEvery}
 	a.queues = append(a.queues, q)
 	return q, nil
@@ -147,9 +159,7 @@ func (a *App) Start() error {
 			_ = a.Stop()
 			return fmt.Errorf("queue %s: %w", q.store.Name(), err)
 		}
-		for range q.workers {
-			a.workers.Go(func() { q.work(ctx) })
-		}
+		a.workers.Go(func() { q.work(ctx) })
 	}
 	if !a.awaitStarted {
 		a.open()

@@ -1,6 +1,10 @@
 package webhookqueue
 
 import (
+	"fmt"
+	"strconv"
+	"strings"
+
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -39,6 +43,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_size    <size>
 //		retention   <duration>
 //		id_header   <header>
+//		rate        <count>/s
+//		dead_letters {
+//			max_age   <duration>
+//			max_count <count>
+//		}
 //		transport   http { <reverse_proxy's http transport options> }
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -86,6 +95,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.MaxSize, err = cfparse.With(d, func(v string) (int64, error) { return cfparse.Size(v, maxMaxSize) })
 		case "retention":
 			h.Retention, err = cfparse.With(d, cfparse.Duration)
+		case "rate":
+			h.Rate, err = cfparse.With(d, parseRate)
+		case "dead_letters":
+			if err := h.unmarshalDeadLetters(d); err != nil {
+				return err
+			}
 		case "id_header":
 			h.IDHeader, err = cfparse.One(d)
 		case "transport":
@@ -101,4 +116,46 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
+}
+
+// unmarshalDeadLetters reads the dead_letters block.
+func (h *Handler) unmarshalDeadLetters(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	if h.DeadLetters == nil {
+		h.DeadLetters = new(DeadLetters)
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		var err error
+		switch name {
+		case "max_age":
+			h.DeadLetters.MaxAge, err = cfparse.With(d, cfparse.Duration)
+		case "max_count":
+			h.DeadLetters.MaxCount, err = cfparse.With(d, cfparse.Count)
+		default:
+			return d.Errf("unrecognized dead_letters option %q", name)
+		}
+		if err != nil {
+			return d.Errf("dead_letters: %s: %v", name, err)
+		}
+	}
+	return nil
+}
+
+// parseRate parses a rate, as "50/s" (or "3000/m").
+func parseRate(v string) (float64, error) {
+	count, per, ok := strings.Cut(v, "/")
+	n, err := strconv.ParseFloat(count, 64)
+	if !ok || err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q is not a rate such as 50/s", v)
+	}
+	switch per {
+	case "s":
+		return n, nil
+	case "m":
+		return n / 60, nil
+	}
+	return 0, fmt.Errorf("%q is not a rate such as 50/s (per s or m)", v)
 }

@@ -34,56 +34,65 @@ several run.`,
 func addCommands(cmd *cobra.Command) {
 	status := &cobra.Command{
 		Use:   "status",
-		Short: "Each queue's messages by state, as JSON",
+		Short: "Each queue: messages by state, the oldest's age, the next due, and how its app fares",
 		Args:  cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return adminCall(cmd, http.MethodGet, "", nil)
 		},
 	}
-	dead := &cobra.Command{
-		Use:   "dead [--limit N]",
-		Short: "A queue's dead letters: ids, times, attempts; never bodies",
+	list := &cobra.Command{
+		Use:   "list --state pending|scheduled|in_flight|dead [--limit N]",
+		Short: "A queue's messages in a state: ids, attempts, next due, last error; never bodies",
 		Args:  cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			state, _ := cmd.Flags().GetString("state")
 			limit, _ := cmd.Flags().GetInt("limit")
-			return adminCall(cmd, http.MethodGet, "/dead", url.Values{"limit": {strconv.Itoa(limit)}})
+			if state == "" {
+				return errors.New("--state: pending, scheduled, in_flight or dead is required")
+			}
+			return adminCall(cmd, http.MethodGet, "/list", url.Values{"state": {state}, "limit": {strconv.Itoa(limit)}})
 		},
 	}
-	dead.Flags().Int("limit", 100, "the most dead letters listed")
+	list.Flags().String("state", "", "pending, scheduled, in_flight or dead")
+	list.Flags().Int("limit", 100, "the most messages listed, up to 1000")
 	retry := &cobra.Command{
-		Use:   "retry (--id ID | --all)",
-		Short: "Make a dead letter, or every one, due again with a new round of retries",
+		Use:   "retry (--id ID | --all | --scheduled)",
+		Short: "Make a dead letter, or the dead letters, due again; or every scheduled message due now",
 		Args:  cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			id, _ := cmd.Flags().GetString("id")
-			all, _ := cmd.Flags().GetBool("all")
-			switch {
-			case id != "" && all:
-				return errors.New("--id and --all: give one or the other")
-			case all:
-				return adminCall(cmd, http.MethodPost, "/retry", url.Values{"all": {"true"}})
-			case id != "":
-				return adminCall(cmd, http.MethodPost, "/retry", url.Values{"id": {id}})
+			query, err := which(cmd, "--id, --all or --scheduled: say which messages to retry", "all", "scheduled")
+			if err != nil {
+				return err
 			}
-			return errors.New("--id or --all: say which dead letters to retry")
+			return adminCall(cmd, http.MethodPost, "/retry", query)
 		},
 	}
-	retry.Flags().String("id", "", "the dead letter, its id as dead prints it")
-	retry.Flags().Bool("all", false, "every dead letter of the queue")
+	retry.Flags().String("id", "", "the dead letter, its id as list prints it")
+	retry.Flags().Bool("all", false, "the dead letters, oldest first, while the queue has room under max_pending")
+	retry.Flags().Bool("scheduled", false, "every message waiting for a retry: due now")
 	drop := &cobra.Command{
-		Use:   "drop --id ID",
-		Short: "Delete a dead letter",
+		Use:   "drop (--id ID | --all)",
+		Short: "Delete a dead letter, or all of them",
 		Args:  cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			id, _ := cmd.Flags().GetString("id")
-			if id == "" {
-				return errors.New("--id: the dead letter to drop is required")
+			query, err := which(cmd, "--id or --all: say which dead letters to drop", "all")
+			if err != nil {
+				return err
 			}
-			return adminCall(cmd, http.MethodPost, "/drop", url.Values{"id": {id}})
+			return adminCall(cmd, http.MethodPost, "/drop", query)
 		},
 	}
-	drop.Flags().String("id", "", "the dead letter, its id as dead prints it")
-	for _, sub := range []*cobra.Command{status, dead, retry, drop} {
+	drop.Flags().String("id", "", "the dead letter, its id as list prints it")
+	drop.Flags().Bool("all", false, "every dead letter of the queue")
+	compact := &cobra.Command{
+		Use:   "compact",
+		Short: "Give the space of delivered messages back to the system (the file store)",
+		Args:  cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return adminCall(cmd, http.MethodPost, "/compact", nil)
+		},
+	}
+	for _, sub := range []*cobra.Command{status, list, retry, drop, compact} {
 		sub.Flags().String("address", "", "the admin endpoint (default: from --config, $CADDY_ADMIN, or localhost:2019)")
 		sub.Flags().String("config", "", "the running Caddy's config file, to read its admin address from")
 		sub.Flags().String("adapter", "", "the config file's adapter (default: caddyfile for a Caddyfile)")
@@ -91,6 +100,30 @@ func addCommands(cmd *cobra.Command) {
 		cmd.AddCommand(sub)
 	}
 	cli.Parent(cmd)
+}
+
+// which reads --id and the boolean flags, exactly one of which must be
+// given, as the admin API's query.
+func which(cmd *cobra.Command, missing string, flags ...string) (url.Values, error) {
+	var given []string
+	query := url.Values{}
+	if id, _ := cmd.Flags().GetString("id"); id != "" {
+		given = append(given, "--id")
+		query.Set("id", id)
+	}
+	for _, flag := range flags {
+		if on, _ := cmd.Flags().GetBool(flag); on {
+			given = append(given, "--"+flag)
+			query.Set(flag, "true")
+		}
+	}
+	switch len(given) {
+	case 0:
+		return nil, errors.New(missing)
+	case 1:
+		return query, nil
+	}
+	return nil, fmt.Errorf("%s: give only one", strings.Join(given, " and "))
 }
 
 // adminCall calls the admin API's /webhook-queue/queues+path with query
@@ -115,6 +148,9 @@ func adminCall(cmd *cobra.Command, method, path string, query url.Values) error 
 	}
 	resp, err := caddycmd.AdminAPIRequest(address, method, uri, nil, nil)
 	if err != nil {
+		if strings.HasPrefix(err.Error(), "caddy responded with error") {
+			return err // Caddy answered: the request, not the address, is at fault
+		}
 		return fmt.Errorf("%w: is Caddy running, with its admin endpoint at %s? (--address, --config or $CADDY_ADMIN say where it is)", err, address)
 	}
 	defer resp.Body.Close()

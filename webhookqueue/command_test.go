@@ -20,12 +20,13 @@ func TestCommandErrors(t *testing.T) {
 		args    []string
 		wantErr string
 	}{
-		{nil, "webhook-queue needs a command: dead, drop, retry, status"},
-		{[]string{"stats"}, `webhook-queue: "stats" is not a command; one of dead, drop, retry, status; did you mean status?`},
+		{nil, "webhook-queue needs a command: compact, drop, list, retry, status"},
+		{[]string{"stats"}, `webhook-queue: "stats" is not a command; one of compact, drop, list, retry, status; did you mean status?`},
+		{[]string{"list", "--address", nobody}, "--state: pending, scheduled, in_flight or dead is required"},
 		{[]string{"status", "extra"}, "webhook-queue status takes no arguments, but was given 1"},
-		{[]string{"retry", "--address", nobody}, "--id or --all: say which dead letters to retry"},
-		{[]string{"retry", "--id", "x", "--all", "--address", nobody}, "--id and --all: give one or the other"},
-		{[]string{"drop", "--address", nobody}, "--id: the dead letter to drop is required"},
+		{[]string{"retry", "--address", nobody}, "--id, --all or --scheduled: say which messages to retry"},
+		{[]string{"retry", "--id", "x", "--all", "--address", nobody}, "--id and --all: give only one"},
+		{[]string{"drop", "--address", nobody}, "--id or --all: say which dead letters to drop"},
 		{[]string{"status", "--address", nobody}, "is Caddy running, with its admin endpoint at " + nobody},
 	} {
 		root := &cobra.Command{Use: "webhook-queue", SilenceUsage: true, SilenceErrors: true}

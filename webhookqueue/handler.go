@@ -59,7 +59,8 @@ type Handler struct {
 	// the store's default place (the file's name, the Redis key prefix).
 	// Handlers with one name share a queue, and must agree on its
 	// settings. Default: to's host and path, as in
-	// "127.0.0.1:8000/hooks/openai".
+	// "127.0.0.1:8000/hooks/openai". The name shows in metrics, logs and
+	// the admin API: give one when to's path holds a credential.
 	Name string `json:"name,omitempty"`
 
 	// StoreRaw is where messages are kept: a module of the namespace
@@ -91,8 +92,12 @@ type Handler struct {
 	// arrived. Default: 30s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
-	// Workers is how many attempts run at once, per Caddy instance.
-	// Default: 4.
+	// Workers is how many attempts run at once, per Caddy instance: the
+	// queue's concurrency towards the app. Default: 32, at which a
+	// backlog drains at half the rate forwarding reaches or better with
+	// either store (bench/drain.sh); forwarding itself puts no bound on
+	// the app at all. Lower it, or set rate, for an app that cannot take
+	// as many requests at once.
 	Workers int `json:"workers,omitempty"`
 
 	// MaxPending is the most messages the queue holds that are not dead
@@ -113,6 +118,14 @@ type Handler struct {
 	// without it is stored with no check for repeats.
 	IDHeader string `json:"id_header,omitempty"`
 
+	// Rate bounds the attempts per second this instance makes to the app,
+	// so that a backlog drained at once does not flatten it (Caddyfile:
+	// rate 50/s). Zero: no bound but workers.
+	Rate float64 `json:"rate,omitempty"`
+
+	// DeadLetters bounds the dead letters kept.
+	DeadLetters *DeadLetters `json:"dead_letters,omitempty"`
+
 	// TransportRaw is how the workers reach the app: a module of the
 	// namespace http.reverse_proxy.transport, as reverse_proxy's transport
 	// (Caddyfile: transport http { ... }), so its TLS trust, client
@@ -132,16 +145,29 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
+// DeadLetters bounds the dead letters a queue keeps: past either bound the
+// oldest are dropped, and counted.
+type DeadLetters struct {
+	// MaxAge is how long a dead letter is kept. Default: 4320h (180
+	// days, as Sidekiq keeps its dead set).
+	MaxAge caddy.Duration `json:"max_age,omitempty"`
+	// MaxCount is the most dead letters kept. Default: 10000 (Sidekiq's),
+	// a few tens of MiB of bodies at most.
+	MaxCount int `json:"max_count,omitempty"`
+}
+
 // Defaults of the handler.
 var defaultRetry = []time.Duration{5 * time.Second, 5 * time.Minute, 30 * time.Minute, 2 * time.Hour, 5 * time.Hour, 10 * time.Hour, 10 * time.Hour}
 
 const (
 	defaultTimeout    = 30 * time.Second
-	defaultWorkers    = 4
+	defaultWorkers    = 32
 	defaultMaxPending = 100_000
 	defaultMaxSize    = 1 << 20
 	maxMaxSize        = 1 << 30
 	defaultRetention  = 72 * time.Hour
+	defaultDeadMaxAge = 180 * 24 * time.Hour
+	defaultDeadMax    = 10_000
 	// Retry-After of a 503: the queue is full; or it cannot store, or is
 	// not running (a config starting or stopping).
 	fullRetryAfter      = "30"
@@ -176,6 +202,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.Retention == 0 {
 		h.Retention = caddy.Duration(defaultRetention)
+	}
+	if h.DeadLetters == nil {
+		h.DeadLetters = new(DeadLetters)
+	}
+	if h.DeadLetters.MaxAge == 0 {
+		h.DeadLetters.MaxAge = caddy.Duration(defaultDeadMaxAge)
+	}
+	if h.DeadLetters.MaxCount == 0 {
+		h.DeadLetters.MaxCount = defaultDeadMax
 	}
 	if err := h.Validate(); err != nil {
 		return err
@@ -213,7 +248,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
-	if err := store.Open(queuestore.Options{Name: h.Name, MaxPending: h.MaxPending, Retention: time.Duration(h.Retention)}); err != nil {
+	if err := store.Open(queuestore.Options{Name: h.Name, MaxPending: h.MaxPending, Retention: time.Duration(h.Retention),
+		DeadMaxAge: time.Duration(h.DeadLetters.MaxAge), DeadMaxCount: h.DeadLetters.MaxCount}); err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
 	app, err := ctx.App(appName)
@@ -271,6 +307,10 @@ func (h *Handler) Validate() error {
 		return fmt.Errorf("max_size: %d is not between 1 and %d bytes", h.MaxSize, maxMaxSize)
 	case h.Retention < 0:
 		return fmt.Errorf("retention: %v is negative", time.Duration(h.Retention))
+	case h.Rate < 0:
+		return fmt.Errorf("rate: %v is negative", h.Rate)
+	case h.DeadLetters != nil && (h.DeadLetters.MaxAge < 0 || h.DeadLetters.MaxCount < 0):
+		return errors.New("dead_letters: max_age and max_count must not be negative")
 	}
 	return nil
 }
@@ -292,12 +332,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	switch err := q.store.Enqueue(r.Context(), m); {
 	case errors.Is(err, queuestore.ErrDuplicate):
 		q.count(outcomeDuplicate)
-		h.logger.Debug("delivery already queued or delivered: answered without storing it again", zap.String("delivery_id", m.DeliveryID))
+		h.logger.Debug("delivery already queued or delivered: answered without storing it again",
+			zap.String("queue", h.Name), zap.String("delivery_id", m.DeliveryID))
 	case err != nil:
 		return q.refuse(w, err)
 	default:
 		q.count(outcomeQueued)
-		q.wakeWorker()
 	}
 	w.Header().Set("Content-Length", "0")
 	w.WriteHeader(http.StatusOK)
@@ -362,8 +402,9 @@ func storedHeader(hdr http.Header) http.Header {
 	return stored
 }
 
-// shownTo is to as the admin API and errors show it: without credentials,
-// token-like path segments or query.
+// shownTo is to as the admin API and errors show it: without the
+// credentials of its user info or query (see redact.URL). Its path shows
+// as it is.
 func (q *queue) shownTo() string { return redact.URL(q.target) }
 
 // Interface guards

@@ -13,6 +13,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -341,18 +343,23 @@ func TestWait(t *testing.T) {
 // delivered; dropped, it is gone. A retry names one letter or all of them.
 // The listing shows to without the token its query holds.
 func TestDeadLetters(t *testing.T) {
-	backend, to := newQueueApp(t, 500, 500, 500, 500, 500, 500)
+	backend, to := newQueueApp(t, slices.Repeat([]int{500}, 100)...)
 	h, _, _ := queueHandler(t, to+"?token=tok-5e7a", Handler{}, true)
 	for _, id := range []string{"wh_dead_1", "wh_dead_2"} {
 		if status, _ := deliverRequest(t, h, signedRequest(t, id, []byte(`{"type":"x"}`))); status != http.StatusOK {
 			t.Fatalf("%s: %d", id, status)
 		}
 	}
-	backend.waitRequests(t, 6) // three attempts each
+	// Three attempts each, or fewer once the queue deems the app down and
+	// the schedule's 40 ms are over.
 	webhooktest.WaitFor(t, "two dead letters", func() bool {
 		c, _ := h.queue.store.Counts(context.Background())
 		return c.Dead == 2
 	})
+	backend.mu.Lock()
+	backend.script = nil // the app answers 200 from now on
+	sent := len(backend.got)
+	backend.mu.Unlock()
 	api := AdminAPI{}
 	call := func(method, path string, handle func(http.ResponseWriter, *http.Request) error) (int, string) {
 		t.Helper()
@@ -367,42 +374,49 @@ func TestDeadLetters(t *testing.T) {
 		return w.Code, w.Body.String()
 	}
 	name := url.QueryEscape(h.Name)
-	status, list := call(http.MethodGet, "/webhook-queue/queues", api.list)
+	status, list := call(http.MethodGet, "/webhook-queue/queues", api.status)
 	if status != 200 || !strings.Contains(list, `"dead":2`) || !strings.Contains(list, `"name":"`+h.Name+`"`) ||
-		!strings.Contains(list, `/hooks/openai?xxxxx"`) || strings.Contains(list, "tok-5e7a") {
+		!strings.Contains(list, `/hooks/openai?xxxxx"`) || strings.Contains(list, "tok-5e7a") || !strings.Contains(list, `"app_up":false`) ||
+		!strings.Contains(list, `"last_error":"the app answered 500 Internal Server Error"`) {
 		t.Fatalf("the queues: %d %s", status, list)
 	}
-	status, dead := call(http.MethodGet, "/webhook-queue/queues/dead?queue="+name, api.dead)
+	status, dead := call(http.MethodGet, "/webhook-queue/queues/list?state=dead&queue="+name, api.list)
 	if status != 200 || !strings.Contains(dead, `"delivery_id":"wh_dead_1"`) || !strings.Contains(dead, `"status":500`) ||
 		strings.Contains(dead, "body") || strings.Contains(dead, "Webhook-Signature") {
 		t.Fatalf("the dead letters: %d %s", status, dead)
 	}
-	var listed struct{ Dead []deadLetter }
-	if err := json.Unmarshal([]byte(dead), &listed); err != nil || len(listed.Dead) != 2 || len(listed.Dead[0].Attempts) != 3 || strings.Contains(dead, `"due"`) {
+	var listed struct{ Messages []message }
+	if err := json.Unmarshal([]byte(dead), &listed); err != nil || len(listed.Messages) != 2 || listed.Messages[0].Attempts < 1 || listed.Messages[0].Last == nil {
 		t.Fatalf("the dead letters: %s (%v)", dead, err)
 	}
-	if d, err := time.ParseDuration(listed.Dead[0].Attempts[0].Duration); err != nil || d <= 0 {
-		t.Fatalf("an attempt's duration %q is not a duration: %v", listed.Dead[0].Attempts[0].Duration, err)
+	if d, err := time.ParseDuration(listed.Messages[0].Last.Duration); err != nil || d <= 0 {
+		t.Fatalf("an attempt's duration %q is not a duration: %v", listed.Messages[0].Last.Duration, err)
+	}
+	if status, _ := call(http.MethodGet, "/webhook-queue/queues/list?state=gone", api.list); status != http.StatusBadRequest {
+		t.Fatalf("a state that is none: %d, want 400", status)
 	}
 	if status, _ := call(http.MethodGet, "/webhook-queue/queues/retry", api.retry); status != http.StatusMethodNotAllowed {
 		t.Fatalf("GET retry: %d", status)
 	}
-	if status, _ := call(http.MethodPost, "/webhook-queue/queues/retry", api.retry); status != http.StatusBadRequest {
-		t.Fatalf("a retry that names no letter, nor all: %d, want 400", status)
+	for _, query := range []string{"", "?id=x&all=true", "?all=true&scheduled=true"} {
+		if status, _ := call(http.MethodPost, "/webhook-queue/queues/retry"+query, api.retry); status != http.StatusBadRequest {
+			t.Fatalf("a retry of %q: %d, want 400 (exactly one of id, all, scheduled)", query, status)
+		}
 	}
-	if status, out := call(http.MethodPost, "/webhook-queue/queues/drop?id="+listed.Dead[1].ID, api.drop); status != 200 {
+	if status, out := call(http.MethodPost, "/webhook-queue/queues/drop?id="+listed.Messages[1].ID, api.drop); status != 200 {
 		t.Fatalf("drop: %d %s", status, out)
 	}
-	if status, _ := call(http.MethodPost, "/webhook-queue/queues/drop?id="+listed.Dead[1].ID, api.drop); status != http.StatusNotFound {
+	if status, _ := call(http.MethodPost, "/webhook-queue/queues/drop?id="+listed.Messages[1].ID, api.drop); status != http.StatusNotFound {
 		t.Fatalf("drop again: %d", status)
 	}
 	if status, out := call(http.MethodPost, "/webhook-queue/queues/retry?all=true", api.retry); status != 200 || !strings.Contains(out, `"retried":1`) {
 		t.Fatalf("retry all: %d %s", status, out)
 	}
-	backend.waitRequests(t, 7) // the script is used up: 200
+	backend.waitRequests(t, sent+1)
 	emptied(t, h)
-	if got, _ := backend.requests(); got[6].Header.Get("Webhook-Id") != "wh_dead_1" || got[6].Header.Get(attemptHeader) != "4" {
-		t.Fatalf("the retried attempt: %v", got[6].Header)
+	want := strconv.Itoa(listed.Messages[0].Attempts + 1)
+	if got, _ := backend.requests(); len(got) != sent+1 || got[sent].Header.Get("Webhook-Id") != listed.Messages[0].DeliveryID || got[sent].Header.Get(attemptHeader) != want {
+		t.Fatalf("the retried attempt: %d requests, the last %v; want %d, attempt %s", len(got), got[len(got)-1].Header, sent+1, want)
 	}
 }
 
@@ -547,4 +561,195 @@ func TestOpensOnceTheConfigStarted(t *testing.T) {
 		t.Fatalf("once the config started: %d, want 200", status)
 	}
 	backend.waitRequests(t, 1)
+}
+
+// outageApp answers 503 while down, else 200, and counts the attempts each
+// delivery id got and when each arrived.
+type outageApp struct {
+	down     atomic.Bool
+	mu       sync.Mutex
+	attempts map[string]int
+	ok       map[string]time.Time
+	arrivals []time.Time
+}
+
+func (a *outageApp) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	_, _ = io.Copy(io.Discard, r.Body)
+	id := r.Header.Get("Webhook-Id")
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.attempts[id]++
+	a.arrivals = append(a.arrivals, time.Now())
+	if a.down.Load() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return
+	}
+	if _, done := a.ok[id]; !done {
+		a.ok[id] = time.Now()
+	}
+}
+
+func newOutageApp(t *testing.T) (*outageApp, string) {
+	a := &outageApp{attempts: map[string]int{}, ok: map[string]time.Time{}}
+	srv := httptest.NewServer(a)
+	t.Cleanup(srv.Close)
+	return a, srv.URL + "/hooks/openai"
+}
+
+// TestOutage: an app down for 60 s with 1,000 messages waiting gets all of
+// them within 5 s of coming back, and none spent more than a few attempts:
+// the queue holds its messages while the app is down, probes it, and
+// brings the waiting ones forward once it answers again, instead of each
+// waiting out its next step of the default schedule (5s, then 5m).
+func TestOutage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a 60 s outage: not in -short mode")
+	}
+	app, to := newOutageApp(t)
+	app.down.Store(true)
+	h, _, _ := queueHandler(t, to, Handler{Retry: []caddy.Duration{caddy.Duration(5 * time.Second), caddy.Duration(5 * time.Minute), caddy.Duration(30 * time.Minute)}}, true)
+	for i := range 1000 {
+		if status, _ := deliverRequest(t, h, signedRequest(t, fmt.Sprintf("wh_outage_%d", i), []byte(`{"type":"x"}`))); status != http.StatusOK {
+			t.Fatalf("delivery %d: %d", i, status)
+		}
+	}
+	time.Sleep(60 * time.Second) // the outage: the queue, not the test, decides what to do meanwhile
+	if s := h.queue.health.status(time.Now()); s.AppUp || s.FailingSince == nil {
+		t.Errorf("after 60 s of 503s, the queue deems the app up: %+v", s)
+	}
+	back := time.Now()
+	app.down.Store(false)
+	webhooktest.WaitFor(t, "every message to reach the app", func() bool {
+		app.mu.Lock()
+		defer app.mu.Unlock()
+		return len(app.ok) == 1000
+	})
+	app.mu.Lock()
+	defer app.mu.Unlock()
+	var last time.Time
+	for id, at := range app.ok {
+		if at.After(last) {
+			last = at
+		}
+		if n := app.attempts[id]; n > 4 {
+			t.Errorf("%s took %d attempts", id, n)
+		}
+	}
+	if took := last.Sub(back); took > 5*time.Second {
+		t.Errorf("the last message reached the app %s after it came back, want within 5s", took)
+	}
+	t.Logf("%d attempts in all for 1,000 messages; the last delivered %s after the app came back", len(app.arrivals), last.Sub(back))
+}
+
+// TestRate: rate bounds the attempts a second, also while a backlog drains.
+func TestRate(t *testing.T) {
+	app, to := newOutageApp(t)
+	h, _, _ := queueHandler(t, to, Handler{Rate: 20, Workers: 8}, true)
+	for i := range 60 {
+		if status, _ := deliverRequest(t, h, signedRequest(t, fmt.Sprintf("wh_rate_%d", i), []byte(`{}`))); status != http.StatusOK {
+			t.Fatalf("delivery %d: %d", i, status)
+		}
+	}
+	webhooktest.WaitFor(t, "the backlog to drain", func() bool {
+		app.mu.Lock()
+		defer app.mu.Unlock()
+		return len(app.ok) == 60
+	})
+	app.mu.Lock()
+	defer app.mu.Unlock()
+	// In any second, at most the rate and its burst (20 + 20): a slower
+	// machine only sends fewer.
+	for i, start := range app.arrivals {
+		n := 0
+		for _, at := range app.arrivals[i:] {
+			if at.Sub(start) < time.Second {
+				n++
+			}
+		}
+		if n > 40 {
+			t.Fatalf("%d attempts within a second from %s, want at most 40", n, start.Format(time.StampMicro))
+		}
+	}
+}
+
+// TestRetryAfterPausesTheQueue: an app that answers 503 with Retry-After
+// pauses the whole queue, not only that message: no attempt comes before
+// the time it asked for.
+func TestRetryAfterPausesTheQueue(t *testing.T) {
+	var (
+		mu       sync.Mutex
+		answered time.Time
+		after    []time.Time
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		if answered.IsZero() {
+			answered = time.Now()
+			w.Header().Set("Retry-After", "2")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		after = append(after, time.Now())
+	}))
+	t.Cleanup(srv.Close)
+	h, _, _ := queueHandler(t, srv.URL, Handler{Workers: 1}, true)
+	if status, _ := deliverRequest(t, h, signedRequest(t, "wh_pause_1", []byte(`{}`))); status != http.StatusOK {
+		t.Fatal(status)
+	}
+	webhooktest.WaitFor(t, "the first attempt", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return !answered.IsZero()
+	})
+	for i := 2; i <= 4; i++ {
+		if status, _ := deliverRequest(t, h, signedRequest(t, fmt.Sprintf("wh_pause_%d", i), []byte(`{}`))); status != http.StatusOK {
+			t.Fatal(status)
+		}
+	}
+	webhooktest.WaitFor(t, "the other deliveries", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(after) >= 3
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	for _, at := range after {
+		// The pause runs from when the worker had the answer, a moment
+		// after the app sent it.
+		if at.Before(answered.Add(2 * time.Second)) {
+			t.Errorf("an attempt came %s after the Retry-After of 2s", at.Sub(answered))
+		}
+	}
+}
+
+// TestSharedStore: two queues of a config cannot share a store: each
+// would take the other's messages to its own app. The config fails to
+// load, naming the store and the other queue.
+func TestSharedStore(t *testing.T) {
+	config, err := caddy.ProvisionContext(new(caddy.Config))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := caddy.NewContext(config)
+	defer cancel()
+	dir := t.TempDir()
+	file := func(name string) json.RawMessage {
+		return json.RawMessage(fmt.Sprintf(`{"backend":"file","path":%q}`, filepath.Join(dir, name)))
+	}
+	for _, tc := range []struct {
+		name    string
+		store   json.RawMessage
+		wantErr string
+	}{
+		{"a", file("shared"), ""},
+		{"b", file("own"), ""},
+		{"c", file("shared"), `is also the store of the queue "a": give each queue a store of its own`},
+	} {
+		h := &Handler{Name: tc.name, To: "http://127.0.0.1:8000/" + tc.name, StoreRaw: tc.store}
+		err := h.Provision(ctx)
+		if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+			t.Fatalf("queue %s: %v, want an error containing %q", tc.name, err, tc.wantErr)
+		}
+	}
 }

@@ -117,6 +117,12 @@ var (
 		"Messages in the queue by state: pending (due), scheduled (a retry later), in_flight, dead.", []string{"queue", "state"}, nil)
 	oldestDesc = prometheus.NewDesc("caddy_webhook_queue_oldest_age_seconds",
 		"Age of the oldest message not yet delivered nor dead, 0 with none.", []string{"queue"}, nil)
+	appUpDesc = prometheus.NewDesc("caddy_webhook_queue_app_up",
+		"1 while the queue deems its app up, 0 while it holds its messages and probes it (after attempts in a row that got no answer, 5xx or 429).", []string{"queue"}, nil)
+	lastSuccessDesc = prometheus.NewDesc("caddy_webhook_queue_last_success_timestamp_seconds",
+		"When an attempt of this instance last succeeded, in Unix seconds; 0 before the first.", []string{"queue"}, nil)
+	deadDroppedDesc = prometheus.NewDesc("caddy_webhook_queue_dead_dropped_total",
+		"Dead letters the retention (dead_letters) dropped since the store was opened by this process.", []string{"queue"}, nil)
 )
 
 func registerMetrics(registry *prometheus.Registry) error {
@@ -137,13 +143,25 @@ type collector struct{}
 
 // Describe implements prometheus.Collector.
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- messagesDesc
-	ch <- oldestDesc
+	for _, d := range []*prometheus.Desc{messagesDesc, oldestDesc, appUpDesc, lastSuccessDesc, deadDroppedDesc} {
+		ch <- d
+	}
 }
 
 // Collect implements prometheus.Collector.
 func (collector) Collect(ch chan<- prometheus.Metric) {
 	for _, q := range running.all() {
+		name := q.store.Name()
+		h := q.health.status(time.Now())
+		up, last := 0.0, 0.0
+		if h.AppUp {
+			up = 1
+		}
+		if h.LastSuccess != nil {
+			last = float64(h.LastSuccess.Unix())
+		}
+		ch <- prometheus.MustNewConstMetric(appUpDesc, prometheus.GaugeValue, up, name)
+		ch <- prometheus.MustNewConstMetric(lastSuccessDesc, prometheus.GaugeValue, last, name)
 		ctx, cancel := context.WithTimeout(context.Background(), storeCallTimeout)
 		c, err := q.store.Counts(ctx)
 		cancel()
@@ -151,7 +169,7 @@ func (collector) Collect(ch chan<- prometheus.Metric) {
 			q.storeFailed("counts", err)
 			continue
 		}
-		name := q.store.Name()
+		ch <- prometheus.MustNewConstMetric(deadDroppedDesc, prometheus.CounterValue, float64(c.DeadDropped), name)
 		for state, n := range map[string]int{"pending": c.Pending, "scheduled": c.Scheduled, "in_flight": c.InFlight, "dead": c.Dead} {
 			ch <- prometheus.MustNewConstMetric(messagesDesc, prometheus.GaugeValue, float64(n), name, state)
 		}

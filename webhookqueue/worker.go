@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -21,9 +22,9 @@ import (
 )
 
 const (
-	// idlePoll is how often an idle worker looks for messages that became
-	// due (retries) or that other instances stored.
-	idlePoll = 500 * time.Millisecond
+	// idlePoll bounds an idle worker's wait on its store, which wakes it
+	// when a message may be due.
+	idlePoll = 5 * time.Second
 	// leaseMargin is added to the timeout for a message's lease: a worker
 	// that lives settles its attempt within it, and extends it meanwhile.
 	// When a lease ends unsettled (the worker's process died), the
@@ -32,44 +33,132 @@ const (
 	leaseMargin = storeCallTimeout
 	// storeCallTimeout bounds a worker's calls to the store.
 	storeCallTimeout = 10 * time.Second
+	// gatherFor bounds a worker's wait for others to free up while a
+	// backlog drains (see work).
+	gatherFor = 2 * time.Millisecond
 	// attemptHeader carries the attempt's number, from 1.
 	attemptHeader = "Webhook-Attempt"
 )
 
-// work delivers messages until ctx ends. An attempt it started runs to its
-// end regardless: cutting it short would deliver the message twice.
+// work delivers messages until ctx ends: it takes as many due messages as
+// workers are free, in one call to the store, and attempts each in a
+// goroutine of its own, at most workers at once. It returns once the
+// attempts it started have ended: cutting one short would deliver its
+// message twice.
 func (q *queue) work(ctx context.Context) {
 	lease := time.Duration(q.timeout) + leaseMargin
+	free := make(chan struct{}, q.workers) // holds a token per attempt running
+	var attempts sync.WaitGroup
+	defer attempts.Wait()
+	backlog := false // the last take found as many messages as it asked for
 	for ctx.Err() == nil {
+		// A free worker first: the app may go down while all are busy.
+		select {
+		case free <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		wait, probe := q.health.hold(time.Now())
+		if wait > 0 {
+			<-free
+			sleep(ctx, wait)
+			continue
+		}
+		n := 1
+		if !probe { // a probe is one attempt
+			n += claimFree(free, q.workers-1)
+			if backlog && n < q.workers/2 {
+				// While a backlog drains, workers free up one by one: a
+				// moment's wait takes several messages in one call to
+				// the store (one fsync on Redis) instead of one each.
+				n += gatherFree(ctx, free, q.workers/2-n, gatherFor)
+			}
+		}
+		if q.limiter != nil {
+			n = min(n, q.limiter.Burst())
+		}
+		due := q.store.Wait() // before the Take, so that nothing stored after it is missed
 		storeCtx, cancel := context.WithTimeout(context.Background(), storeCallTimeout)
-		m, err := q.store.Take(storeCtx, lease)
+		taken, err := q.store.Take(storeCtx, n, lease)
 		cancel()
 		if err != nil {
 			q.storeFailed("take", err)
 		}
-		if m == nil {
+		backlog = len(taken) == n
+		for range n - len(taken) {
+			<-free
+		}
+		if len(taken) == 0 {
+			if probe {
+				q.health.endProbe()
+			}
 			select {
 			case <-ctx.Done():
-			case <-q.wake:
+			case <-due:
 			case <-time.After(idlePoll):
 			}
 			continue
 		}
-		q.attempt(m, lease)
+		if q.limiter != nil && q.limiter.WaitN(ctx, len(taken)) != nil {
+			// Stopping: the messages are due again when their lease ends.
+			for range taken {
+				<-free
+			}
+			return
+		}
+		for i, m := range taken {
+			attempts.Go(func() {
+				defer func() { <-free }()
+				q.attempt(m, lease, probe && i == 0)
+			})
+		}
 	}
 }
 
-// wakeWorker tells an idle worker that a message was stored.
-func (q *queue) wakeWorker() {
+// gatherFree takes up to n more tokens of free, waiting for them at most
+// d, and says how many it took.
+func gatherFree(ctx context.Context, free chan<- struct{}, n int, d time.Duration) int {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for claimed := 0; claimed < n; claimed++ {
+		select {
+		case free <- struct{}{}:
+		case <-timer.C:
+			return claimed
+		case <-ctx.Done():
+			return claimed
+		}
+	}
+	return n
+}
+
+// claimFree takes up to n more tokens of free without waiting, and says
+// how many it took.
+func claimFree(free chan<- struct{}, n int) int {
+	for claimed := 0; claimed < n; claimed++ {
+		select {
+		case free <- struct{}{}:
+		default:
+			return claimed
+		}
+	}
+	return n
+}
+
+// sleep waits for d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
 	select {
-	case q.wake <- struct{}{}:
-	default: // every worker is busy or already woken
+	case <-ctx.Done():
+	case <-t.C:
 	}
 }
 
 // attempt sends m to the app once, holding its lease meanwhile, and
-// settles it: delivered, scheduled again, or a dead letter.
-func (q *queue) attempt(m *queuestore.Message, lease time.Duration) {
+// settles it: delivered, scheduled again (postponed, for the probe of an
+// outage), or a dead letter; and tells the queue's view of its app.
+func (q *queue) attempt(m *queuestore.Message, lease time.Duration, probe bool) {
 	number := len(m.Attempts) + 1
 	start := time.Now()
 	a := queuestore.Attempt{At: start}
@@ -81,35 +170,96 @@ func (q *queue) attempt(m *queuestore.Message, lease time.Duration) {
 	if errors.As(err, &status) {
 		a.Status = status.code
 	}
+	if err != nil {
+		a.Error = err.Error()
+	}
+	change := q.health.record(a, probe, retryAfter, time.Now())
 	ctx, cancel := context.WithTimeout(context.Background(), storeCallTimeout)
 	defer cancel()
 	name := q.store.Name()
-	if err == nil {
+	switch {
+	case err == nil:
 		attemptsTotal.WithLabelValues(name, "delivered").Inc()
 		if err := q.store.Complete(ctx, m, a); err != nil {
 			q.storeFailed("complete", err)
 		}
 		q.logger.Info("delivered", zap.String("queue", name), zap.String("queue_id", m.ID), zap.String("delivery_id", m.DeliveryID),
 			zap.Int("attempts", number), zap.Duration("queued_for", time.Since(m.Received)))
-		return
-	}
-	a.Error = err.Error()
-	if a.Status != 0 {
+	case a.Status != 0:
 		attemptsTotal.WithLabelValues(name, "refused").Inc()
-	} else {
+	default:
 		attemptsTotal.WithLabelValues(name, "failed").Inc()
 	}
-	if m.Tries+1 > len(q.retry) {
+	switch change {
+	case wentDown:
+		q.logOutage(ctx, true)
+	case cameBack:
+		q.recovered()
+	default:
+		if probe && err != nil && q.health.shouldLog(time.Now()) {
+			q.logOutage(ctx, false)
+		}
+	}
+	if err == nil {
+		return
+	}
+	outlived := time.Since(m.Received) > q.span
+	switch {
+	case probe && appDown(a) && !outlived:
+		// The queue knew the app to be down: the probe costs its
+		// message no place in its schedule.
+		if err := q.store.Postpone(ctx, m, a, q.health.nextProbe()); err != nil {
+			q.storeFailed("postpone", err)
+		}
+	case m.Tries+1 > len(q.retry), probe && appDown(a):
+		// Out of attempts; or the app has been down for longer than the
+		// whole schedule lasts, which bounds a message's life as the
+		// schedule would without the breaker.
 		if err := q.store.Bury(ctx, m, a); err != nil {
 			q.storeFailed("bury", err)
 		}
-		q.logger.Warn("dead letter: out of attempts", zap.String("queue", name), zap.String("queue_id", m.ID),
+		reason := "dead letter: out of attempts"
+		if m.Tries+1 <= len(q.retry) {
+			reason = "dead letter: the app was down for longer than the retry schedule lasts"
+		}
+		q.logger.Warn(reason, zap.String("queue", name), zap.String("queue_id", m.ID),
 			zap.String("delivery_id", m.DeliveryID), zap.Int("attempts", number), zap.String("last_error", a.Error))
-		return
+	default:
+		if err := q.store.Reschedule(ctx, m, a, time.Now().Add(q.wait(m.Tries, retryAfter))); err != nil {
+			q.storeFailed("reschedule", err)
+		}
 	}
-	if err := q.store.Reschedule(ctx, m, a, time.Now().Add(q.wait(m.Tries, retryAfter))); err != nil {
-		q.storeFailed("reschedule", err)
+}
+
+// logOutage says that the app is down, and how many messages wait; first
+// says it went down just now.
+func (q *queue) logOutage(ctx context.Context, first bool) {
+	s := q.health.status(time.Now())
+	fields := []zap.Field{zap.String("queue", q.store.Name()), zap.String("last_error", s.LastError)}
+	if s.FailingSince != nil {
+		fields = append(fields, zap.Time("since", *s.FailingSince))
 	}
+	if c, err := q.store.Counts(ctx); err == nil {
+		fields = append(fields, zap.Int("waiting", c.Pending+c.Scheduled+c.InFlight))
+	}
+	msg := "app unreachable: the queue holds its messages and probes it"
+	if !first {
+		msg = "app still unreachable: the queue holds its messages and probes it"
+	}
+	q.logger.Warn(msg, fields...)
+}
+
+// recovered brings forward the messages that waited out the outage, and
+// says so once.
+func (q *queue) recovered() {
+	ctx, cancel := context.WithTimeout(context.Background(), storeCallTimeout)
+	defer cancel()
+	n, err := q.store.BringForward(ctx, appDown)
+	if err != nil {
+		q.storeFailed("bring_forward", err)
+	}
+	q.logger.Info("app reachable again: the messages that waited out the outage are due now",
+		zap.String("queue", q.store.Name()), zap.Int("brought_forward", n))
 }
 
 // holdLease extends m's lease every third of it until the returned

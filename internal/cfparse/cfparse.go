@@ -106,7 +106,7 @@ func WarnIfWritten(logger *zap.Logger, field, secret string) {
 		return // none, or a placeholder: no secret has a brace
 	}
 	logger.Warn("a secret is written into the config, which Caddy saves to disk and serves on its admin API (GET /config/); "+
-		"give it as a placeholder expanded at load instead, such as {env.OPENAI_WEBHOOK_SECRET} or {file./run/secrets/openai_webhook} "+
-		"({$OPENAI_WEBHOOK_SECRET} in a Caddyfile is expanded into the config too)",
+		"give it as a placeholder expanded at load instead, such as {env.NAME} or {file./run/secrets/NAME} "+
+		"({$NAME} in a Caddyfile is expanded into the config too)",
 		zap.String("field", field), zap.String("autosave", caddy.ConfigAutosavePath))
 }

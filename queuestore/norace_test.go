@@ -1,0 +1,5 @@
+//go:build !race
+
+package queuestore
+
+const raceEnabled = false
