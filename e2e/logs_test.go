@@ -222,7 +222,7 @@ var refusals = []struct {
 	{400, "reading body"},
 	{400, "request framing refused: the Connection header names webhook-signature"},
 	{405, "method not allowed"},
-	{409, "a delivery with this webhook-id is being forwarded or queued"},
+	{409, "a delivery with this webhook-id is being forwarded"},
 }
 
 // logLine is one line Caddy wrote.

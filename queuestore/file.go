@@ -1285,16 +1285,7 @@ func (q *File) Bury(_ context.Context, m *Message, a Attempt) error {
 			return err
 		}
 		now := f.now()
-		if err := tx.Bucket(bucketDead).Put(id, raw); err != nil {
-			return err
-		}
-		if err := tx.Bucket(bucketDeadInfo).Put(id, append(timeKey(now, nil), inf...)); err != nil {
-			return err
-		}
-		if err := tx.Bucket(bucketDeadTime).Put(timeKey(now, id), nil); err != nil {
-			return err
-		}
-		if err := addDeadCount(tx, 1); err != nil {
+		if err := putDead(tx, id, raw, inf, now); err != nil {
 			return err
 		}
 		buried = true
@@ -1307,6 +1298,21 @@ func (q *File) Bury(_ context.Context, m *Message, a Attempt) error {
 		f.deadDropped.Add(int64(dropped))
 	}
 	return err
+}
+
+// putDead stores the message raw, of summary inf, as a dead letter
+// buried at now.
+func putDead(tx *bolt.Tx, id, raw, inf []byte, now time.Time) error {
+	if err := tx.Bucket(bucketDead).Put(id, raw); err != nil {
+		return err
+	}
+	if err := tx.Bucket(bucketDeadInfo).Put(id, append(timeKey(now, nil), inf...)); err != nil {
+		return err
+	}
+	if err := tx.Bucket(bucketDeadTime).Put(timeKey(now, id), nil); err != nil {
+		return err
+	}
+	return addDeadCount(tx, 1)
 }
 
 // unbury removes the dead letter id from the dead letters, and returns its

@@ -359,16 +359,7 @@ func seedFile(t testing.TB, q *File, n int, dead bool, last Attempt) {
 					return err
 				}
 				if dead {
-					if err := tx.Bucket(bucketDead).Put(id, raw); err != nil {
-						return err
-					}
-					if err := tx.Bucket(bucketDeadInfo).Put(id, append(timeKey(now, nil), inf...)); err != nil {
-						return err
-					}
-					if err := tx.Bucket(bucketDeadTime).Put(timeKey(now, id), nil); err != nil {
-						return err
-					}
-					if err := addDeadCount(tx, 1); err != nil {
+					if err := putDead(tx, id, raw, inf, now); err != nil {
 						return err
 					}
 					continue
