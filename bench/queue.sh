@@ -21,7 +21,8 @@
 #   DURATION=3 ROUNDS=1 bench/queue.sh  # a short check
 #
 # Environment: DURATION (s per run, default 20), ROUNDS (2), CONCURRENCY
-# (64), SLOW_CONCURRENCY (16), SIZE (1KiB), CADDY (a Caddy binary to use
+# (64), SLOW_CONCURRENCY (16), SIZE (1KiB), WORKERS (the queue's workers;
+# the handler's default when unset), CADDY (a Caddy binary to use
 # instead of building), CADDY_CPUS / LOAD_CPUS (pinning, default 0 / 1),
 # OPENAI_WEBHOOK_SECRET. Needs redis-server and redis-cli (Debian:
 # redis-server, redis-tools).
@@ -78,7 +79,8 @@ queue_site() {
 	webhook_queue {
 		to $1
 		$2
-		max_pending 1000000
+		max_pending 1000000${WORKERS:+
+		workers $WORKERS}
 	}
 EOF
 }

@@ -395,13 +395,19 @@ func seedRedis(t *testing.T, q *Redis, n int, dead bool, last Attempt) {
 	now := time.Now()
 	keys := []string{q.keys.messages, q.keys.info, q.keys.live, q.keys.scheduled, q.keys.dead, q.keys.deadInfo, q.keys.deadIndex}
 	msgs, raws, infs := seedMessages(t, n, now, func(i int) string { return newMessageID(now.Add(time.Duration(i))) }, last)
-	client, err := q.Client()
+	// A client of its own: the store's gives Redis 500 ms to answer its
+	// keep-alive PING, and a script that writes megabytes of bodies waits
+	// for its fsync, which a disk busy with other tests can take longer
+	// than that to finish.
+	client, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{q.Address}, ConnWriteTimeout: time.Minute, DisableCache: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for start := 0; start < n; start += 1000 {
+	defer client.Close()
+	const batch = 250
+	for start := 0; start < n; start += batch {
 		args := []string{flag(dead), q.keys.delivery, ms(now)}
-		for i := start; i < min(n, start+1000); i++ {
+		for i := start; i < min(n, start+batch); i++ {
 			args = append(args, msgs[i].ID, string(raws[i]), string(infs[i]), msgs[i].DeliveryID, ms(msgs[i].Due))
 		}
 		if err := seedScript.Exec(ctx, client, keys, args).Error(); err != nil {
