@@ -285,6 +285,7 @@ func TestCommandErrors(t *testing.T) {
 		{[]string{"sign", "--secret", webhooktest.Secret, "body.json"}, "openai-webhook sign takes no arguments, but was given 1"},
 		{[]string{"secret", "foo"}, "openai-webhook secret takes no arguments, but was given 1"},
 		{[]string{"sned"}, `openai-webhook: "sned" is not a command; one of demo, secret, send, sign, verify; did you mean send?`},
+		{[]string{"sned", "--secret", webhooktest.Secret}, `openai-webhook: "sned" is not a command; one of demo, secret, send, sign, verify; did you mean send?`},
 		{[]string{webhooktest.Secret}, "openai-webhook: an argument is not a command"},
 		{[]string{}, "openai-webhook needs a command: demo, secret, send, sign, verify"},
 		{[]string{"send", "--secret", webhooktest.Secret, "--url", "http://127.0.0.1:1/", "--file", headers, "--type", "batch.completed"}, "--type and --file: give one or the other"},

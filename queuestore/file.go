@@ -436,11 +436,11 @@ func (f *fileDB) open() (*bolt.DB, error) {
 			return err
 		}
 		if meta.Get(keyDeadCount) == nil {
-			if err := addDeadCount(tx, int64(tx.Bucket(bucketDeadInfo).Stats().KeyN)); err != nil {
+			if err := addDeadCount(tx, keyCount(tx.Bucket(bucketDeadInfo))); err != nil {
 				return err
 			}
 		}
-		f.live.Store(int64(tx.Bucket(bucketMessages).Stats().KeyN))
+		f.live.Store(keyCount(tx.Bucket(bucketMessages)))
 		return nil
 	})
 	if err != nil {
@@ -466,6 +466,17 @@ func (f *fileDB) open() (*bolt.DB, error) {
 		}
 	}
 	return db, nil
+}
+
+// keyCount counts b's keys. (Bucket.Stats counts only what is on pages
+// committed before the transaction: not a bucket made and filled in it.)
+func keyCount(b *bolt.Bucket) int64 {
+	var n int64
+	c := b.Cursor()
+	for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		n++
+	}
+	return n
 }
 
 // convert2 converts, in tx, a file of format 2: each record gets its info,

@@ -166,6 +166,7 @@ func (AdminAPI) retry(w http.ResponseWriter, r *http.Request) error {
 	case "all":
 		n, err = q.store.ReviveAll(r.Context())
 	case "scheduled":
+		q.health.resume()
 		n, err = q.store.BringForward(r.Context(), func(queuestore.Attempt) bool { return true })
 	default:
 		err = q.store.Revive(r.Context(), id)

@@ -103,6 +103,7 @@ type queue struct {
 	client   *http.Client
 	retry    []caddy.Duration
 	span     time.Duration // the schedule's whole length
+	longest  time.Duration // its longest wait, which bounds the app's Retry-After
 	timeout  caddy.Duration
 	workers  int
 	settings []byte // the first handler's, which the others must match
@@ -112,7 +113,8 @@ type queue struct {
 	gate    sync.RWMutex
 	running bool
 
-	health      health
+	health      *health       // shared with the other configs' queue of this name and store
+	healthKey   string        // its key in healths
 	limiter     *rate.Limiter // rate's; nil without
 	storeErrors *lograte.Limiter
 	logger      *zap.Logger
@@ -140,14 +142,27 @@ func (a *App) queueFor(h *Handler, q *queue) (*queue, error) {
 	q.retry, q.timeout, q.workers, q.settings = h.Retry, h.Timeout, h.Workers, settings
 	for _, d := range h.Retry {
 		q.span += time.Duration(d)
+		q.longest = max(q.longest, time.Duration(d))
 	}
 	if h.Rate > 0 {
 		q.limiter = rate.NewLimiter(rate.Limit(h.Rate), max(1, int(h.Rate)))
 	}
 	q.storeErrors = &lograte.Limiter{Every: storeErrorLogEvery}
+	q.healthKey = h.Name + "\x00" + q.store.Location()
+	shared, _, err := healths.LoadOrNew(q.healthKey, func() (caddy.Destructor, error) { return new(health), nil })
+	if err != nil {
+		return nil, err
+	}
+	q.health = shared.(*health)
 	a.queues = append(a.queues, q)
 	return q, nil
 }
+
+// healths keeps each queue's view of its app across config reloads, by
+// name and store: a reload during an outage neither forgets it (and hits
+// the app with every worker until it learns it again) nor resets the
+// time of the last success that alerts watch.
+var healths = caddy.NewUsagePool()
 
 // Start starts each queue's store, then its workers.
 func (a *App) Start() error {
@@ -182,6 +197,15 @@ func (a *App) Stop() error {
 		a.cancel()
 	}
 	a.workers.Wait()
+	return nil
+}
+
+// Cleanup releases the queues' views of their apps, when Caddy unloads
+// the config (after Stop, if it ran).
+func (a *App) Cleanup() error {
+	for _, q := range a.queues {
+		_, _ = healths.Delete(q.healthKey)
+	}
 	return nil
 }
 
@@ -292,6 +316,7 @@ func (r *registry) find(name string) (*queue, error) {
 
 // Interface guards
 var (
-	_ caddy.App         = (*App)(nil)
-	_ caddy.Provisioner = (*App)(nil)
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
 )

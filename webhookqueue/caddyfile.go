@@ -2,6 +2,7 @@ package webhookqueue
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 
@@ -148,7 +149,7 @@ func (h *Handler) unmarshalDeadLetters(d *caddyfile.Dispenser) error {
 func parseRate(v string) (float64, error) {
 	count, per, ok := strings.Cut(v, "/")
 	n, err := strconv.ParseFloat(count, 64)
-	if !ok || err != nil || n <= 0 {
+	if !ok || err != nil || !(n > 0) || math.IsInf(n, 1) {
 		return 0, fmt.Errorf("%q is not a rate such as 50/s", v)
 	}
 	switch per {

@@ -31,6 +31,11 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				max_size 64KiB
 				retention 24h
 				id_header X-Delivery
+				rate 50/s
+				dead_letters {
+					max_age 720h
+					max_count 500
+				}
 				transport http {
 					tls_server_name app.internal
 				}
@@ -38,6 +43,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			want: `{"to":"https://app.internal:8443/hooks/openai","name":"hooks","store":{"backend":"file","path":"/var/lib/caddy/hooks.queue"},` +
 				`"sign_with":"{env.APP_WEBHOOK_SECRET}","retry":[5000000000,60000000000,3600000000000],"timeout":20000000000,"workers":8,` +
 				`"max_pending":5000,"max_size":65536,"retention":86400000000000,"id_header":"X-Delivery",` +
+				`"rate":50,"dead_letters":{"max_age":2592000000000000,"max_count":500},` +
 				`"transport":{"protocol":"http","tls":{"server_name":"app.internal"}}}`,
 		},
 		{
@@ -56,6 +62,16 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				`"key_prefix":"hooks:queue:","password":"{env.REDIS_PASSWORD}","timeout":1000000000}}`,
 		},
 		{name: "default store", input: "webhook_queue {\n to http://127.0.0.1:8000\n}", want: `{"to":"http://127.0.0.1:8000"}`},
+		{name: "rate per minute", input: "webhook_queue {\n to http://127.0.0.1:8000\n rate 30/m\n}", want: `{"to":"http://127.0.0.1:8000","rate":0.5}`},
+		{name: "rate without a unit", input: "webhook_queue {\n rate 50\n}", wantErr: `rate: "50" is not a rate such as 50/s`},
+		{name: "rate per hour", input: "webhook_queue {\n rate 50/h\n}", wantErr: `rate: "50/h" is not a rate such as 50/s (per s or m)`},
+		{name: "rate zero", input: "webhook_queue {\n rate 0/s\n}", wantErr: `rate: "0/s" is not a rate`},
+		{name: "rate negative", input: "webhook_queue {\n rate -5/s\n}", wantErr: `rate: "-5/s" is not a rate`},
+		{name: "rate NaN", input: "webhook_queue {\n rate NaN/s\n}", wantErr: `rate: "NaN/s" is not a rate`},
+		{name: "rate infinite", input: "webhook_queue {\n rate inf/s\n}", wantErr: `rate: "inf/s" is not a rate`},
+		{name: "dead_letters, unknown option", input: "webhook_queue {\n dead_letters {\n max_size 5\n }\n}", wantErr: `unrecognized dead_letters option "max_size"`},
+		{name: "dead_letters, bad max_age", input: "webhook_queue {\n dead_letters {\n max_age 5\n }\n}", wantErr: `dead_letters: max_age: "5" has no unit`},
+		{name: "dead_letters, bad max_count", input: "webhook_queue {\n dead_letters {\n max_count 0\n }\n}", wantErr: `dead_letters: max_count: "0" is not a positive whole number`},
 		{name: "an argument", input: "webhook_queue http://x {\n}", wantErr: "wrong argument count"},
 		{name: "to without a value", input: "webhook_queue {\n to\n}", wantErr: "to: takes exactly one value"},
 		{name: "sign_with twice", input: "webhook_queue {\n sign_with a\n sign_with b\n}", wantErr: "sign_with: given twice"},

@@ -22,6 +22,7 @@ func TestCommandErrors(t *testing.T) {
 	}{
 		{nil, "webhook-queue needs a command: compact, drop, list, retry, status"},
 		{[]string{"stats"}, `webhook-queue: "stats" is not a command; one of compact, drop, list, retry, status; did you mean status?`},
+		{[]string{"dead", "--address", nobody}, `webhook-queue: "dead" is not a command; one of compact, drop, list, retry, status`},
 		{[]string{"list", "--address", nobody}, "--state: pending, scheduled, in_flight or dead is required"},
 		{[]string{"status", "extra"}, "webhook-queue status takes no arguments, but was given 1"},
 		{[]string{"retry", "--address", nobody}, "--id, --all or --scheduled: say which messages to retry"},

@@ -26,6 +26,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/webhookgate/caddy-openai-webhook/internal/webhooktest"
 	"github.com/webhookgate/caddy-openai-webhook/queuestore"
@@ -318,7 +320,7 @@ func TestRefusals(t *testing.T) {
 // TestWait: the schedule's wait with its jitter, lengthened by the app's
 // Retry-After up to the schedule's longest.
 func TestWait(t *testing.T) {
-	q := &queue{retry: []caddy.Duration{caddy.Duration(10 * time.Second), caddy.Duration(time.Minute)}}
+	q := &queue{retry: []caddy.Duration{caddy.Duration(10 * time.Second), caddy.Duration(time.Minute)}, longest: time.Minute}
 	for _, tc := range []struct {
 		tries      int
 		retryAfter time.Duration
@@ -641,6 +643,35 @@ func TestOutage(t *testing.T) {
 	t.Logf("%d attempts in all for 1,000 messages; the last delivered %s after the app came back", len(app.arrivals), last.Sub(back))
 }
 
+// TestOutageOutlivesSchedule: while the app stays down, a message stored
+// longer ago than its whole schedule lasts dies at the next probe, and is
+// logged as having outlived the schedule, not as out of attempts: it had
+// places left in it.
+func TestOutageOutlivesSchedule(t *testing.T) {
+	app, to := newOutageApp(t)
+	app.down.Store(true)
+	step := caddy.Duration(50 * time.Millisecond)
+	h, a, _ := queueHandler(t, to, Handler{Retry: []caddy.Duration{step, step}}, false)
+	core, logs := observer.New(zap.WarnLevel)
+	h.queue.logger = zap.New(core)
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.Stop() })
+	for i := range 3 {
+		if status, _ := deliverRequest(t, h, signedRequest(t, fmt.Sprintf("wh_outlived_%d", i), []byte(`{}`))); status != http.StatusOK {
+			t.Fatalf("delivery %d: %d", i, status)
+		}
+	}
+	dead := func() []observer.LoggedEntry { return logs.FilterMessageSnippet("dead letter").All() }
+	webhooktest.WaitFor(t, "the three messages to die", func() bool { return len(dead()) == 3 })
+	for _, e := range dead() {
+		if want := "dead letter: the app was down for longer than the retry schedule lasts"; e.Message != want {
+			t.Errorf("%s: %q, want %q", e.ContextMap()["delivery_id"], e.Message, want)
+		}
+	}
+}
+
 // TestRate: rate bounds the attempts a second, also while a backlog drains.
 func TestRate(t *testing.T) {
 	app, to := newOutageApp(t)
@@ -674,52 +705,65 @@ func TestRate(t *testing.T) {
 
 // TestRetryAfterPausesTheQueue: an app that answers 503 with Retry-After
 // pauses the whole queue, not only that message: no attempt comes before
-// the time it asked for.
+// the time it asked for; but no longer than the schedule's longest wait,
+// as a message's own wait.
 func TestRetryAfterPausesTheQueue(t *testing.T) {
-	var (
-		mu       sync.Mutex
-		answered time.Time
-		after    []time.Time
-	)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		defer mu.Unlock()
-		if answered.IsZero() {
-			answered = time.Now()
-			w.Header().Set("Retry-After", "2")
-			w.WriteHeader(http.StatusServiceUnavailable)
-			return
-		}
-		after = append(after, time.Now())
-	}))
-	t.Cleanup(srv.Close)
-	h, _, _ := queueHandler(t, srv.URL, Handler{Workers: 1}, true)
-	if status, _ := deliverRequest(t, h, signedRequest(t, "wh_pause_1", []byte(`{}`))); status != http.StatusOK {
-		t.Fatal(status)
-	}
-	webhooktest.WaitFor(t, "the first attempt", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return !answered.IsZero()
-	})
-	for i := 2; i <= 4; i++ {
-		if status, _ := deliverRequest(t, h, signedRequest(t, fmt.Sprintf("wh_pause_%d", i), []byte(`{}`))); status != http.StatusOK {
-			t.Fatal(status)
-		}
-	}
-	webhooktest.WaitFor(t, "the other deliveries", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(after) >= 3
-	})
-	mu.Lock()
-	defer mu.Unlock()
-	for _, at := range after {
-		// The pause runs from when the worker had the answer, a moment
-		// after the app sent it.
-		if at.Before(answered.Add(2 * time.Second)) {
-			t.Errorf("an attempt came %s after the Retry-After of 2s", at.Sub(answered))
-		}
+	for _, tc := range []struct {
+		name       string
+		retryAfter string
+		retry      []caddy.Duration
+		pause      time.Duration
+	}{
+		{"as asked", "2", []caddy.Duration{caddy.Duration(20 * time.Millisecond), caddy.Duration(5 * time.Second)}, 2 * time.Second},
+		{"at most the longest wait", "3600", []caddy.Duration{caddy.Duration(20 * time.Millisecond), caddy.Duration(time.Second)}, time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var (
+				mu       sync.Mutex
+				answered time.Time
+				after    []time.Time
+			)
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				defer mu.Unlock()
+				if answered.IsZero() {
+					answered = time.Now()
+					w.Header().Set("Retry-After", tc.retryAfter)
+					w.WriteHeader(http.StatusServiceUnavailable)
+					return
+				}
+				after = append(after, time.Now())
+			}))
+			t.Cleanup(srv.Close)
+			h, _, _ := queueHandler(t, srv.URL, Handler{Workers: 1, Retry: tc.retry}, true)
+			if status, _ := deliverRequest(t, h, signedRequest(t, "wh_pause_1", []byte(`{}`))); status != http.StatusOK {
+				t.Fatal(status)
+			}
+			webhooktest.WaitFor(t, "the first attempt", func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return !answered.IsZero()
+			})
+			for i := 2; i <= 4; i++ {
+				if status, _ := deliverRequest(t, h, signedRequest(t, fmt.Sprintf("wh_pause_%d", i), []byte(`{}`))); status != http.StatusOK {
+					t.Fatal(status)
+				}
+			}
+			webhooktest.WaitFor(t, "the other deliveries", func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return len(after) >= 3
+			})
+			mu.Lock()
+			defer mu.Unlock()
+			for _, at := range after {
+				// The pause runs from when the worker had the answer, a
+				// moment after the app sent it.
+				if at.Before(answered.Add(tc.pause)) {
+					t.Errorf("an attempt came %s after the answer, want after a pause of %s", at.Sub(answered), tc.pause)
+				}
+			}
+		})
 	}
 }
 

@@ -41,7 +41,13 @@ type health struct {
 	lastOK   time.Time
 	pausedTo time.Time // the app's Retry-After, for the whole queue
 	logged   time.Time // the last outage log line
+	// wake is closed when an operator lifts the hold (see resume).
+	wake chan struct{}
 }
+
+// Destruct implements caddy.Destructor, for healths: a view holds nothing
+// to release.
+func (*health) Destruct() error { return nil }
 
 // appDown reports whether an attempt's outcome says the app cannot take
 // deliveries now, rather than refusing this one.
@@ -98,7 +104,12 @@ func (h *health) record(a queuestore.Attempt, probe bool, retryAfter time.Durati
 		h.pausedTo = now.Add(retryAfter)
 	}
 	if !appDown(a) {
-		h.streak = 0 // the app answers: this delivery is the trouble, not the app
+		// The app answers: this delivery is the trouble, not the app.
+		h.streak = 0
+		if h.down {
+			h.down = false
+			return cameBack
+		}
 		return unchanged
 	}
 	if h.streak == 0 {
@@ -112,6 +123,7 @@ func (h *health) record(a queuestore.Attempt, probe bool, retryAfter time.Durati
 	case h.streak >= breakerAfter:
 		h.down, h.backoff = true, firstProbeAfter
 		h.probeAt = now.Add(h.backoff)
+		h.logged = now // the caller logs it
 		return wentDown
 	}
 	return unchanged
@@ -157,6 +169,30 @@ func (h *health) status(now time.Time) status {
 		s.NextProbe = at(h.probeAt)
 	}
 	return s
+}
+
+// resume lifts the app's pause and lets the next probe go now: an
+// operator's retry of the scheduled messages means now. It wakes the
+// workers that wait out the hold.
+func (h *health) resume() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.pausedTo = time.Time{}
+	h.probeAt = time.Time{}
+	if h.wake != nil {
+		close(h.wake)
+		h.wake = nil
+	}
+}
+
+// resumed returns a channel closed by the next resume.
+func (h *health) resumed() <-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.wake == nil {
+		h.wake = make(chan struct{})
+	}
+	return h.wake
 }
 
 // endProbe gives up a probe that found no message to send.

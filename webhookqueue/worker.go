@@ -58,10 +58,11 @@ func (q *queue) work(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
+		resumed := q.health.resumed()
 		wait, probe := q.health.hold(time.Now())
 		if wait > 0 {
 			<-free
-			sleep(ctx, wait)
+			sleep(ctx, wait, resumed)
 			continue
 		}
 		n := 1
@@ -146,12 +147,13 @@ func claimFree(free chan<- struct{}, n int) int {
 }
 
 // sleep waits for d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) {
+func sleep(ctx context.Context, d time.Duration, resumed <-chan struct{}) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
 	case <-t.C:
+	case <-resumed:
 	}
 }
 
@@ -173,7 +175,7 @@ func (q *queue) attempt(m *queuestore.Message, lease time.Duration, probe bool) 
 	if err != nil {
 		a.Error = err.Error()
 	}
-	change := q.health.record(a, probe, retryAfter, time.Now())
+	change := q.health.record(a, probe, min(retryAfter, q.longest), time.Now())
 	ctx, cancel := context.WithTimeout(context.Background(), storeCallTimeout)
 	defer cancel()
 	name := q.store.Name()
@@ -215,12 +217,12 @@ func (q *queue) attempt(m *queuestore.Message, lease time.Duration, probe bool) 
 		// Out of attempts; or the app has been down for longer than the
 		// whole schedule lasts, which bounds a message's life as the
 		// schedule would without the breaker.
+		reason := "dead letter: out of attempts"
+		if m.Tries+1 <= len(q.retry) { // before Bury, which counts this attempt
+			reason = "dead letter: the app was down for longer than the retry schedule lasts"
+		}
 		if err := q.store.Bury(ctx, m, a); err != nil {
 			q.storeFailed("bury", err)
-		}
-		reason := "dead letter: out of attempts"
-		if m.Tries+1 <= len(q.retry) {
-			reason = "dead letter: the app was down for longer than the retry schedule lasts"
 		}
 		q.logger.Warn(reason, zap.String("queue", name), zap.String("queue_id", m.ID),
 			zap.String("delivery_id", m.DeliveryID), zap.Int("attempts", number), zap.String("last_error", a.Error))
@@ -301,11 +303,7 @@ func (q *queue) holdLease(m *queuestore.Message, lease time.Duration) (stop func
 func (q *queue) wait(tries int, retryAfter time.Duration) time.Duration {
 	base := time.Duration(q.retry[tries])
 	wait := base + time.Duration((rand.Float64()*0.2-0.1)*float64(base))
-	longest := time.Duration(0)
-	for _, d := range q.retry {
-		longest = max(longest, time.Duration(d))
-	}
-	return max(wait, min(retryAfter, longest))
+	return max(wait, min(retryAfter, q.longest))
 }
 
 // httpStatus is an attempt the app answered with a status other than 2xx.

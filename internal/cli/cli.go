@@ -18,6 +18,9 @@ import (
 // print the help and exit 0).
 func Parent(cmd *cobra.Command) {
 	cmd.SuggestionsMinimumDistance = 2
+	// A mistyped command's flags are its own: `dead --address …` should
+	// say that dead is not a command, not that --address is not a flag.
+	cmd.FParseErrWhitelist.UnknownFlags = true
 	cmd.Args = func(cmd *cobra.Command, args []string) error {
 		if len(args) == 0 {
 			return nil
