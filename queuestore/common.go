@@ -161,3 +161,76 @@ func (w *waker) stop() {
 	}
 	w.timer, w.at = nil, time.Time{}
 }
+
+// Completions are committed together (see Store.Complete): once
+// completeBatch wait, or completeDelay after the first of them. Either way
+// one commit (one fsync), or one script, for many deliveries; meanwhile
+// what they completed is neither taken, counted nor listed, and its
+// DeliveryID counts as delivered.
+const (
+	completeBatch = 256
+	completeDelay = 10 * time.Millisecond
+)
+
+// batcher runs an engine's flushes of its completions, as above, until
+// halt; a flush that fails is tried again a second later.
+type batcher struct {
+	// kick says that a completion waits; full that completeBatch do.
+	kick, full chan struct{}
+	stop, done chan struct{}
+}
+
+func newBatcher() *batcher {
+	return &batcher{kick: make(chan struct{}, 1), full: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+}
+
+// added tells the batcher that waiting completions wait.
+func (b *batcher) added(waiting int) {
+	signal(b.kick)
+	if waiting >= completeBatch {
+		signal(b.full)
+	}
+}
+
+// run calls flush for each batch until halt.
+func (b *batcher) run(flush func() error) {
+	defer close(b.done)
+	for {
+		select {
+		case <-b.stop:
+			return
+		case <-b.kick:
+		}
+		timer := time.NewTimer(completeDelay)
+		select {
+		case <-b.stop:
+			timer.Stop()
+			return
+		case <-b.full:
+		case <-timer.C:
+		}
+		timer.Stop()
+		if flush() != nil {
+			select {
+			case <-b.stop:
+				return
+			case <-time.After(time.Second):
+			}
+			signal(b.kick)
+		}
+	}
+}
+
+// halt stops run, and returns once it has.
+func (b *batcher) halt() {
+	close(b.stop)
+	<-b.done
+}
+
+// signal sends on ch, made with room for one, unless a send waits there.
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}

@@ -126,16 +126,6 @@ const (
 // forgets: more than the one it adds, so that the backlog shrinks.
 const forgetPerComplete = 8
 
-// Completions are committed together (see Store.Complete): once
-// completeBatch wait, or completeDelay after the first of them. Either way
-// one commit, one fsync, for many deliveries; meanwhile what they
-// completed is neither taken, counted nor listed, and its DeliveryID
-// counts as delivered.
-const (
-	completeBatch = 256
-	completeDelay = 10 * time.Millisecond
-)
-
 // compactAtOpen: a file at least this large (32 MiB; tests lower it), and
 // at least half free, is compacted when it is opened (see open).
 var compactAtOpen = func() *atomic.Int64 {
@@ -189,12 +179,9 @@ type fileDB struct {
 	done   map[string]*completion
 	// flushMu makes one commit of completions at a time.
 	flushMu sync.Mutex
-	// kick tells the flusher that a completion waits; full that
-	// completeBatch do.
-	kick, full  chan struct{}
-	stopFlusher chan struct{}
-	flusherDone chan struct{}
-	startOnce   sync.Once
+	batch   *batcher
+	// startOnce starts the batcher when the file is first opened.
+	startOnce sync.Once
 
 	wake *waker
 }
@@ -222,9 +209,7 @@ func newFileDB(path string, now func() time.Time, logger *zap.Logger) *fileDB {
 	return &fileDB{
 		path: path, now: now, logger: logger,
 		leases: map[string]*fileLease{}, done: map[string]*completion{},
-		kick: make(chan struct{}, 1), full: make(chan struct{}, 1),
-		stopFlusher: make(chan struct{}), flusherDone: make(chan struct{}),
-		wake: newWaker(),
+		batch: newBatcher(), wake: newWaker(),
 	}
 }
 
@@ -233,9 +218,8 @@ var errClosed = errors.New("the queue file is closed")
 
 // Destruct commits the completions waiting, and closes the file.
 func (f *fileDB) Destruct() error {
-	f.startOnce.Do(func() { close(f.flusherDone) }) // no flusher if never opened
-	close(f.stopFlusher)
-	<-f.flusherDone
+	f.startOnce.Do(func() { close(f.batch.done) }) // no batcher ran if never opened
+	f.batch.halt()
 	f.wake.stop()
 	f.swap.Lock()
 	defer f.swap.Unlock()
@@ -272,7 +256,7 @@ func (f *fileDB) use() (*bolt.DB, func(), error) {
 			return nil, nil, fmt.Errorf("opening %s: %w", f.path, err)
 		}
 		f.db = db
-		f.startOnce.Do(func() { go f.flusher() })
+		f.startOnce.Do(func() { go f.batch.run(f.flushWaiting) })
 	}
 	f.swap.Unlock()
 	return f.use()
@@ -1057,54 +1041,21 @@ func (q *File) Complete(_ context.Context, m *Message, _ Attempt) error {
 	waiting := len(f.done)
 	f.doneMu.Unlock()
 	f.leaseMu.Unlock()
-	signal(f.kick)
-	if waiting >= completeBatch {
-		signal(f.full)
-	}
+	f.batch.added(waiting)
 	return nil
 }
 
-// signal sends on ch, made with room for one, unless a send waits there.
-func signal(ch chan struct{}) {
-	select {
-	case ch <- struct{}{}:
-	default:
+// flushWaiting commits the completions waiting, for the batcher.
+func (f *fileDB) flushWaiting() error {
+	b, release, err := f.use()
+	if err == nil {
+		err = f.flush(b)
+		release()
 	}
-}
-
-// flusher commits the completions, a batch at a time, until Destruct.
-func (f *fileDB) flusher() {
-	defer close(f.flusherDone)
-	for {
-		select {
-		case <-f.stopFlusher:
-			return
-		case <-f.kick:
-		}
-		timer := time.NewTimer(completeDelay)
-		select {
-		case <-f.stopFlusher:
-			timer.Stop()
-			return
-		case <-f.full:
-		case <-timer.C:
-		}
-		timer.Stop()
-		b, release, err := f.use()
-		if err == nil {
-			err = f.flush(b)
-			release()
-		}
-		if err != nil {
-			f.logger.Error("could not commit completions; trying again", zap.String("path", f.path), zap.Error(err))
-			select {
-			case <-f.stopFlusher:
-				return
-			case <-time.After(time.Second):
-			}
-			signal(f.kick)
-		}
+	if err != nil {
+		f.logger.Error("could not commit completions; trying again", zap.String("path", f.path), zap.Error(err))
 	}
+	return err
 }
 
 // flush commits the completions waiting, in one transaction. Those it
@@ -1228,16 +1179,7 @@ func (q *File) schedule(m *Message, raw []byte, next time.Time) error {
 		return err
 	}
 	f := q.db
-	b, release, err := f.use()
-	if err != nil {
-		return err
-	}
-	defer release()
-	l := f.hold(m)
-	if l == nil {
-		return nil // the take's lease ended: the message is due again, or another take's
-	}
-	err = b.Update(func(tx *bolt.Tx) error {
+	settled, err := f.settle(m, func(tx *bolt.Tx) error {
 		id := []byte(m.ID)
 		msgs, due := tx.Bucket(bucketMessages), tx.Bucket(bucketDue)
 		old := msgs.Get(id)
@@ -1252,11 +1194,29 @@ func (q *File) schedule(m *Message, raw []byte, next time.Time) error {
 		}
 		return due.Put(timeKey(next, id), nil)
 	})
-	f.settled(m.ID, l, err)
-	if err == nil {
+	if settled {
 		f.wake.wakeAt(next, f.now())
 	}
 	return err
+}
+
+// settle writes, in one transaction, the settle of m by the take that
+// holds it, and ends that take's hold; it writes nothing when the take's
+// lease has ended (the message is due again, or another take's). It says
+// whether it wrote.
+func (f *fileDB) settle(m *Message, write func(*bolt.Tx) error) (bool, error) {
+	b, release, err := f.use()
+	if err != nil {
+		return false, err
+	}
+	defer release()
+	l := f.hold(m)
+	if l == nil {
+		return false, nil
+	}
+	err = b.Update(write)
+	f.settled(m.ID, l, err)
+	return err == nil, err
 }
 
 // Bury implements Store. The DeliveryID stays held by the dead letter.
@@ -1271,17 +1231,8 @@ func (q *File) Bury(_ context.Context, m *Message, a Attempt) error {
 		return err
 	}
 	f := q.db
-	b, release, err := f.use()
-	if err != nil {
-		return err
-	}
-	defer release()
-	l := f.hold(m)
-	if l == nil {
-		return nil // the take's lease ended: the message is due again, or another take's
-	}
 	buried, dropped := false, 0
-	err = b.Update(func(tx *bolt.Tx) error {
+	settled, err := f.settle(m, func(tx *bolt.Tx) error {
 		buried, dropped = false, 0
 		id := []byte(m.ID)
 		msgs := tx.Bucket(bucketMessages)
@@ -1303,8 +1254,7 @@ func (q *File) Bury(_ context.Context, m *Message, a Attempt) error {
 		dropped, err = retain(tx, q.opts, now, BulkBatch)
 		return err
 	})
-	f.settled(m.ID, l, err)
-	if err == nil && buried {
+	if settled && buried {
 		f.live.Add(-1)
 		f.deadDropped.Add(int64(dropped))
 	}

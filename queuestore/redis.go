@@ -730,12 +730,9 @@ type redisQueue struct {
 	// flushMu sends one batch of completions at a time.
 	flushMu sync.Mutex
 	// by is the store whose client sends them: the last that completed.
-	by      atomic.Pointer[Redis]
-	kick    chan struct{}
-	full    chan struct{}
-	stop    chan struct{}
-	stopped chan struct{}
-	logger  *zap.Logger
+	by     atomic.Pointer[Redis]
+	batch  *batcher
+	logger *zap.Logger
 }
 
 // redisCompletion is a Complete not sent yet.
@@ -748,17 +745,15 @@ type redisCompletion struct {
 func newRedisQueue(logger *zap.Logger) *redisQueue {
 	s := &redisQueue{
 		wake: newWaker(), done: map[string]*redisCompletion{},
-		kick: make(chan struct{}, 1), full: make(chan struct{}, 1),
-		stop: make(chan struct{}), stopped: make(chan struct{}), logger: logger,
+		batch: newBatcher(), logger: logger,
 	}
-	go s.flusher()
+	go s.batch.run(s.flushWaiting)
 	return s
 }
 
 // Destruct stops the flusher (each store's Cleanup sends what waits).
 func (s *redisQueue) Destruct() error {
-	close(s.stop)
-	<-s.stopped
+	s.batch.halt()
 	s.wake.stop()
 	return nil
 }
@@ -772,10 +767,7 @@ func (s *redisQueue) complete(q *Redis, c *redisCompletion) {
 	}
 	n := len(s.done)
 	s.mu.Unlock()
-	signal(s.kick)
-	if n >= completeBatch {
-		signal(s.full)
-	}
+	s.batch.added(n)
 }
 
 // completing reports whether the message id was completed by this
@@ -792,38 +784,17 @@ func (s *redisQueue) pending() int {
 	return len(s.done)
 }
 
-// flusher sends the completions, a batch at a time, until Destruct.
-func (s *redisQueue) flusher() {
-	defer close(s.stopped)
-	for {
-		select {
-		case <-s.stop:
-			return
-		case <-s.kick:
-		}
-		timer := time.NewTimer(completeDelay)
-		select {
-		case <-s.stop:
-			timer.Stop()
-			return
-		case <-s.full:
-		case <-timer.C:
-		}
-		timer.Stop()
-		q := s.by.Load()
-		if q == nil {
-			continue // the stores were unloaded: their Cleanup sent what they could
-		}
-		if err := s.flush(context.Background(), q); err != nil {
-			s.logger.Error("could not send completions to Redis; trying again", zap.String("endpoint", q.Endpoint()), zap.Error(err))
-			select {
-			case <-s.stop:
-				return
-			case <-time.After(time.Second):
-			}
-			signal(s.kick)
-		}
+// flushWaiting sends the completions waiting, for the batcher.
+func (s *redisQueue) flushWaiting() error {
+	q := s.by.Load()
+	if q == nil {
+		return nil // the stores were unloaded: their Cleanup sent what they could
 	}
+	err := s.flush(context.Background(), q)
+	if err != nil {
+		s.logger.Error("could not send completions to Redis; trying again", zap.String("endpoint", q.Endpoint()), zap.Error(err))
+	}
+	return err
 }
 
 // flush sends the completions waiting, with q's client, completeBatch a
