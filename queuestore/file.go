@@ -164,8 +164,9 @@ type fileDB struct {
 	deadDropped atomic.Int64
 
 	// leaseMu guards leases and takes. Take holds it while it reads the
-	// file, so that what it reads agrees with the leases: a settle ends
-	// its lease only once what it wrote is committed.
+	// file, so that what it reads agrees with the leases and done: a
+	// settle ends its lease, and a flush forgets its completions, only
+	// once what they wrote is committed, and under it.
 	leaseMu sync.Mutex
 	// leases are the messages in flight by id (and the expired leases of
 	// messages not yet taken again).
@@ -1102,6 +1103,10 @@ func (f *fileDB) flush(b *bolt.DB) error {
 		return err
 	}
 	f.live.Add(int64(-removed))
+	// Forgotten under leaseMu, which a take holds from before its
+	// snapshot until it has checked done: a take whose snapshot predates
+	// this commit still finds them done.
+	f.leaseMu.Lock()
 	f.doneMu.Lock()
 	for _, c := range batch {
 		if f.done[c.id] == c {
@@ -1109,6 +1114,7 @@ func (f *fileDB) flush(b *bolt.DB) error {
 		}
 	}
 	f.doneMu.Unlock()
+	f.leaseMu.Unlock()
 	return nil
 }
 

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/webhookgate/caddy-openai-webhook/internal/redisconn"
 	"github.com/webhookgate/caddy-openai-webhook/internal/redistest"
+	"github.com/webhookgate/caddy-openai-webhook/internal/webhooktest"
 )
 
 // TestStoreTakeMany: Take returns up to n due messages, the first stored
@@ -360,4 +362,62 @@ func fileModified(t *testing.T, q *File) time.Time {
 		t.Fatal(err)
 	}
 	return st.ModTime()
+}
+
+// TestStoreCompletedNotTakenAgain: takes racing the commits of completions
+// never take a completed message again. (A take reads a snapshot: the file
+// engine once forgot a completion as soon as its commit was done, while a
+// take that had begun before the commit could still find the message
+// due in its snapshot.)
+func TestStoreCompletedNotTakenAgain(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e engine) {
+		const n, takers = 20000, 32
+		ctx := context.Background()
+		q, _ := e.open(t, options(n))
+		e.seed(t, q, n, false, Attempt{At: e.now(), Error: "connection refused"})
+		if got, err := q.BringForward(ctx, func(Attempt) bool { return true }); err != nil || got != n {
+			t.Fatalf("bringing the seeded messages forward: %d, %v", got, err)
+		}
+		var (
+			mu    sync.Mutex
+			taken = map[string]int{}
+			wg    sync.WaitGroup
+		)
+		deadline := time.Now().Add(webhooktest.WaitBound)
+		for range takers {
+			wg.Go(func() {
+				for time.Now().Before(deadline) {
+					ms, err := q.Take(ctx, 4, time.Hour)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					mu.Lock()
+					for _, m := range ms {
+						taken[m.ID]++
+					}
+					all := len(taken) == n
+					mu.Unlock()
+					for _, m := range ms {
+						if err := q.Complete(ctx, m, Attempt{At: time.Now(), Status: 200}); err != nil {
+							t.Error(err)
+							return
+						}
+					}
+					if all {
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if len(taken) != n {
+			t.Fatalf("%d of %d messages taken within %s", len(taken), n, webhooktest.WaitBound)
+		}
+		for id, times := range taken {
+			if times != 1 {
+				t.Errorf("%s taken %d times", id, times)
+			}
+		}
+	})
 }
