@@ -703,6 +703,47 @@ func TestRate(t *testing.T) {
 	}
 }
 
+// TestWorkersBoundConcurrency: however many messages are due, the app
+// never has more than workers attempts at once, and a backlog keeps all of
+// them busy.
+func TestWorkersBoundConcurrency(t *testing.T) {
+	const workers = 3
+	var (
+		mu             sync.Mutex
+		inFlight, most int
+		delivered      int
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		inFlight++
+		most = max(most, inFlight)
+		mu.Unlock()
+		time.Sleep(100 * time.Millisecond)
+		mu.Lock()
+		inFlight--
+		delivered++
+		mu.Unlock()
+	}))
+	t.Cleanup(srv.Close)
+	h, _, _ := queueHandler(t, srv.URL, Handler{Workers: workers}, true)
+	const n = 30
+	for i := range n {
+		if status, _ := deliverRequest(t, h, signedRequest(t, fmt.Sprintf("wh_workers_%d", i), []byte(`{}`))); status != http.StatusOK {
+			t.Fatalf("delivery %d: %d", i, status)
+		}
+	}
+	webhooktest.WaitFor(t, "the backlog to drain", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return delivered == n
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if most != workers {
+		t.Fatalf("at most %d attempts at once, want %d (workers)", most, workers)
+	}
+}
+
 // TestRetryAfterPausesTheQueue: an app that answers 503 with Retry-After
 // pauses the whole queue, not only that message: no attempt comes before
 // the time it asked for; but no longer than the schedule's longest wait,
