@@ -250,9 +250,11 @@ func TestCommandErrors(t *testing.T) {
 	t.Setenv(signingKeyEnv, "")
 	bad := "whsec_c2lnbmluZy1zZWNyZXQ" // too short, and not canonical
 	signing, public := keyPair(t)
-	// Signing keys that are not: cut short, of the wrong length, with a
-	// space inside.
-	badKeys := []string{signing[:len(signing)-6], "whsk_" + base64.StdEncoding.EncodeToString([]byte(strings.Repeat("k", 48))), signing[:40] + " " + signing[41:]}
+	// Signing keys that are not: cut short (to one character past a
+	// multiple of 4, which no base64 is, whatever the key's bits: cut to
+	// two past, a random key read as unpadded base64 one time in 16), of
+	// the wrong length, with a space inside.
+	badKeys := []string{signing[:len(signing)-7], "whsk_" + base64.StdEncoding.EncodeToString([]byte(strings.Repeat("k", 48))), signing[:40] + " " + signing[41:]}
 	for _, tc := range []struct {
 		args    []string
 		wantErr string
