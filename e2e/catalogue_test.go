@@ -267,14 +267,6 @@ func urlSafeID(base, ts string) string {
 	}
 }
 
-// badPaddingBits respells a canonical base64 MAC with its two unused low
-// bits set: the same 32 bytes to a lenient decoder, not to a strict one.
-func badPaddingBits(m string) string {
-	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-	last := strings.IndexByte(alphabet, m[42])
-	return m[:42] + string(alphabet[last|1]) + m[43:]
-}
-
 // ---- the catalogue ----
 
 func (c *catalogue) refused() []probe {
@@ -443,7 +435,7 @@ func (c *catalogue) refused() []probe {
 		sig("empty entry after the good one", outcomeMalformed, func(t *testing.T, g string) string { return g + " v1," }),
 		sig("non-zero padding bits", outcomeMalformed, func(t *testing.T, g string) string {
 			m := oneEntry(t, g)
-			bad := badPaddingBits(m)
+			bad := webhooktest.PaddingBitSet(m)
 			if lenient, _ := base64.StdEncoding.DecodeString(bad); base64.StdEncoding.EncodeToString(lenient) != m {
 				t.Fatalf("%s is not another spelling of %s", bad, m)
 			}
