@@ -130,18 +130,19 @@ const (
 )
 
 // Summary is a message as List shows it: never its body nor a header.
+// (The admin API has its own JSON form of it.)
 type Summary struct {
-	ID         string    `json:"id"`
-	DeliveryID string    `json:"delivery_id,omitempty"`
-	Received   time.Time `json:"received"`
+	ID         string
+	DeliveryID string
+	Received   time.Time
 	// Due: when it is due (pending, scheduled); zero for the others.
-	Due time.Time `json:"due,omitzero"`
+	Due time.Time
 	// Attempts counts its attempts; Tries those since it was stored or
 	// revived.
-	Attempts int `json:"attempts"`
-	Tries    int `json:"tries"`
+	Attempts int
+	Tries    int
 	// Last is its last attempt, if any.
-	Last *Attempt `json:"last,omitempty"`
+	Last *Attempt
 }
 
 // Options are what a store is told of its queue.
