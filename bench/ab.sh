@@ -13,10 +13,18 @@
 #   bench/ab.sh                                     # 10da227 against the work tree
 #   REV_A=HEAD~3 REV_B=HEAD ROUNDS=7 bench/ab.sh
 #   PROFILE=1 bench/ab.sh                           # also CPU profiles, see below
+#   CEILING=1 bench/ab.sh                           # also the physical limit, see below
 #
 # A revision is a commit (checked out with git worktree, built with its own
 # internal/cmd/buildcaddy and xcaddy.json) or "worktree" (this checkout as
 # it is). The load generator and the upstream are this checkout's, for both.
+#
+# With CEILING=1, a third arm C runs in the same alternation (A B C, then
+# C B A): Caddy built from bench/ceiling, whose webhook site has verify_only,
+# the least any verifying gateway does (read the body, one HMAC, compare,
+# forward; no hostile-sender bounds, replay refusal, metrics or logs), in
+# place of openai_webhook. Its ratio is the limit no revision can pass on
+# this machine and setup.
 #
 # With PROFILE=1, after the rounds, each revision's Caddy is profiled under
 # the webhook load at each size for PROFILE_SECONDS (default 10) through its
@@ -25,7 +33,7 @@
 #
 # Environment: REV_A (default 10da227), REV_B (default worktree), DURATION
 # (s per measurement, default 4), ROUNDS (5), CONCURRENCY (32), SIZES
-# ("1KiB 64KiB"), PROFILE (0), PROFILE_SECONDS (10), OUT_DIR, CADDY_CPUS /
+# ("1KiB 64KiB"), CEILING (0), PROFILE (0), PROFILE_SECONDS (10), OUT_DIR, CADDY_CPUS /
 # LOAD_CPUS (pinning, default 0 / 1).
 
 source "$(dirname "$0")/lib.sh"
@@ -36,17 +44,22 @@ DURATION=${DURATION:-4}
 ROUNDS=${ROUNDS:-5}
 CONCURRENCY=${CONCURRENCY:-32}
 SIZES=${SIZES:-1KiB 64KiB}
+CEILING=${CEILING:-0}
 PROFILE=${PROFILE:-0}
 PROFILE_SECONDS=${PROFILE_SECONDS:-10}
 OUT_DIR=${OUT_DIR:-$ROOT/ab-profiles}
 [[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 1 && $DURATION -le 600 ]] || die "DURATION=$DURATION: want 1 to 600 seconds"
 [[ $ROUNDS =~ ^[0-9]+$ && $ROUNDS -ge 1 && $ROUNDS -le 20 ]] || die "ROUNDS=$ROUNDS: want 1 to 20"
+[[ $CEILING == [01] ]] || die "CEILING=$CEILING: want 0 or 1"
+ARMS="A B"
+[[ $CEILING == 1 ]] && ARMS="A B C"
 
 LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
 log "$PIN_NOTE"
 
-# build_revision REV: prints the path of Caddy built with the plugin at REV.
-WORKTREES=()
+# build_revision REV: prints the path of Caddy built with the plugin at REV,
+# from a worktree in $WORK/rev-* (it runs in a command substitution, so
+# remove_worktrees finds them there).
 build_revision() {
 	local rev=$1 dir
 	if [[ $rev == worktree ]]; then
@@ -55,13 +68,12 @@ build_revision() {
 	fi
 	dir="$WORK/rev-$(git rev-parse --short "$rev^{commit}")" || die "$rev is not a commit"
 	git worktree add --detach -q "$dir" "$rev" || die "git worktree add $rev"
-	WORKTREES+=("$dir")
 	(cd "$dir" && go run ./internal/cmd/buildcaddy 2>>"$WORK/build.log") || die "building $rev (see $WORK/build.log)"
 }
 remove_worktrees() {
 	local dir
-	for dir in "${WORKTREES[@]}"; do
-		git worktree remove --force "$dir" 2>/dev/null || true
+	for dir in "$WORK"/rev-*; do
+		[[ -d $dir ]] && { git worktree remove --force "$dir" 2>/dev/null || true; }
 	done
 }
 trap 'status=$?; remove_worktrees; (exit $status); cleanup' EXIT
@@ -71,6 +83,11 @@ CADDY_A=$(build_revision "$REV_A")
 CADDY_B=$(build_revision "$REV_B")
 DESC_A=$([[ $REV_A == worktree ]] && echo "the work tree at $(git rev-parse --short HEAD)" || git log -1 --format='%h %s' "$REV_A" | cut -c1-60)
 DESC_B=$([[ $REV_B == worktree ]] && echo "the work tree at $(git rev-parse --short HEAD)" || git log -1 --format='%h %s' "$REV_B" | cut -c1-60)
+DESC_C="verify_only, bench/ceiling at $(git rev-parse --short HEAD)"
+if [[ $CEILING == 1 ]]; then
+	CADDY_C="$WORK/caddy-ceiling"
+	go build -o "$CADDY_C" ./bench/ceiling || die "building bench/ceiling"
+fi
 go build -o "$WORK/loadgen" ./bench/loadgen || die "building bench/loadgen"
 go build -o "$WORK/upstream" ./bench/upstream || die "building bench/upstream"
 
@@ -85,7 +102,7 @@ UP=$(free_port)
 PLAIN=$(free_port)
 HOOK=$(free_port)
 ADMIN=$(free_port)
-LIFETIME=$(( (ROUNDS * 2 + 2) * ($(wc -w <<<"$SIZES") * 2 * (DURATION + 5) + PROFILE_SECONDS * 2 + 30) + 300 ))
+LIFETIME=$(( (ROUNDS * 3 + 3) * ($(wc -w <<<"$SIZES") * 2 * (DURATION + 5) + PROFILE_SECONDS * 2 + 30) + 300 ))
 cat >"$WORK/Caddyfile" <<EOF
 {
 	admin 127.0.0.1:$ADMIN
@@ -103,13 +120,25 @@ http://127.0.0.1:$HOOK {
 	reverse_proxy 127.0.0.1:$UP
 }
 EOF
+sed 's/^\topenai_webhook /\tverify_only /' "$WORK/Caddyfile" >"$WORK/Caddyfile.C"
+grep -q verify_only "$WORK/Caddyfile.C" || die "no verify_only in the ceiling's Caddyfile"
 start_upstream "$UP" "$LIFETIME"
 
-# run_revision NAME ROUND: one run of revision NAME (A or B).
+# use_arm NAME: sets CADDY and CADDYFILE for arm NAME (A, B or C).
+use_arm() {
+	CADDYFILE="$WORK/Caddyfile"
+	case $1 in
+	A) CADDY=$CADDY_A ;;
+	B) CADDY=$CADDY_B ;;
+	C) CADDY=$CADDY_C CADDYFILE="$WORK/Caddyfile.C" ;;
+	esac
+}
+
+# run_revision NAME ROUND: one run of arm NAME.
 run_revision() {
 	local name=$1 round=$2 size setup port order out
-	CADDY=$([[ $name == A ]] && echo "$CADDY_A" || echo "$CADDY_B")
-	start_caddy "caddy-$name" "$WORK/Caddyfile" "$LIFETIME" "$PLAIN" "$HOOK" "$ADMIN"
+	use_arm "$name"
+	start_caddy "caddy-$name" "$CADDYFILE" "$LIFETIME" "$PLAIN" "$HOOK" "$ADMIN"
 	sleep 1
 	for size in $SIZES; do
 		order="plain webhook"
@@ -130,25 +159,24 @@ run_revision() {
 }
 
 : >"$WORK/ab.tsv"
+REVERSED=$(tr ' ' '\n' <<<"$ARMS" | tac | tr '\n' ' ')
 for round in $(seq 1 "$ROUNDS"); do
-	if ((round % 2 == 1)); then
-		run_revision A "$round"
-		run_revision B "$round"
-	else
-		run_revision B "$round"
-		run_revision A "$round"
-	fi
+	order=$ARMS
+	((round % 2 == 0)) && order=$REVERSED
+	for name in $order; do
+		run_revision "$name" "$round"
+	done
 done
 
 if [[ $PROFILE == 1 ]]; then
 	mkdir -p "$OUT_DIR"
-	for name in A B; do
-		CADDY=$([[ $name == A ]] && echo "$CADDY_A" || echo "$CADDY_B")
-		start_caddy "caddy-$name-profile" "$WORK/Caddyfile" "$LIFETIME" "$PLAIN" "$HOOK" "$ADMIN"
+	for name in $ARMS; do
+		use_arm "$name"
+		start_caddy "caddy-$name-profile" "$CADDYFILE" "$LIFETIME" "$PLAIN" "$HOOK" "$ADMIN"
 		sleep 1
 		for size in $SIZES; do
 			run_loadgen "$WORK/profile-load.json" -mode throughput -label webhook -url "http://127.0.0.1:$HOOK/webhooks/openai" \
-				-duration "$((PROFILE_SECONDS + 4))s" -max-requests "$(max_requests "$size")" -concurrency "$CONCURRENCY" -size "$size" &
+				-duration "$((PROFILE_SECONDS + 4))s" -max-requests "$(DURATION=$((PROFILE_SECONDS + 4)) max_requests "$size")" -concurrency "$CONCURRENCY" -size "$size" &
 			load=$!
 			sleep 1
 			curl -sf -o "$OUT_DIR/$name-$size.pprof" "http://127.0.0.1:$ADMIN/debug/pprof/profile?seconds=$PROFILE_SECONDS" ||
@@ -163,24 +191,21 @@ echo
 echo "== bench/ab.sh: REV_A=$REV_A REV_B=$REV_B DURATION=$DURATION ROUNDS=$ROUNDS CONCURRENCY=$CONCURRENCY SIZES=\"$SIZES\""
 echo "A: $DESC_A ($CADDY_A)"
 echo "B: $DESC_B ($CADDY_B)"
+[[ $CEILING == 1 ]] && echo "C: $DESC_C, the physical limit ($CADDY_C)"
 echo "pinning: $PIN_NOTE"
 echo "machine: $(nproc --all) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), load average at the start: $LOADAVG"
 echo "load: ${COMMANDS[0]}, and the same for each site, size and round"
 echo
 echo "webhook/plain requests/s in the same run (median of $ROUNDS rounds; each round's in brackets); Caddy CPU µs/request (medians),"
 echo "and what the webhook site added to it in the same run (median of the rounds' differences)"
-awk -F'\t' -v sizes="$SIZES" -v rounds="$ROUNDS" '
-	function median(list,   a, n, i, j, t) {
-		n = split(list, a, " ")
-		for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
-		return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-	}
+awk -F'\t' -v sizes="$SIZES" -v rounds="$ROUNDS" -v arms="$ARMS" "$AWK_MEDIAN"'
 	{ rps[$1, $2, $3, $4] = $5; usr[$1, $2, $3, $4] = $6; cpu[$1, $3, $4] = cpu[$1, $3, $4] " " $6 }
 	END {
 		ns = split(sizes, S, " ")
+		na = split(arms, R, " ")
 		printf "%-6s | %-3s | %12s | %11s | %11s | %11s | %s\n", "size", "rev", "median ratio", "plain µs/req", "hook µs/req", "added µs/req", "ratio per round"
-		for (i = 1; i <= ns; i++) for (r = 1; r <= 2; r++) {
-			rev = r == 1 ? "A" : "B"; list = ""; added = ""
+		for (i = 1; i <= ns; i++) for (r = 1; r <= na; r++) {
+			rev = R[r]; list = ""; added = ""
 			for (k = 1; k <= rounds; k++) {
 				list = list sprintf(" %.3f", rps[rev, k, S[i], "webhook"] / rps[rev, k, S[i], "plain"])
 				added = added sprintf(" %.1f", usr[rev, k, S[i], "webhook"] - usr[rev, k, S[i], "plain"])
@@ -190,7 +215,7 @@ awk -F'\t' -v sizes="$SIZES" -v rounds="$ROUNDS" '
 	}' "$WORK/ab.tsv"
 if [[ $PROFILE == 1 ]]; then
 	echo
-	echo "CPU profiles (the webhook site under load, ${PROFILE_SECONDS}s each): $OUT_DIR/{A,B}-SIZE.pprof"
+	echo "CPU profiles (the webhook site under load, ${PROFILE_SECONDS}s each): $OUT_DIR/{${ARMS// /,}}-SIZE.pprof"
 fi
 if ((${#FAILED[@]} > 0)); then
 	printf 'FAILED: %s\n' "${FAILED[@]}"

@@ -1,4 +1,4 @@
-# Shared by bench/mix.sh and bench/compare.sh; sourced, not run.
+# Shared by the scripts of bench/; sourced, not run.
 #
 # Every server listens on 127.0.0.1 only. Every process started here is
 # recorded and stopped by its id when the script exits (trap EXIT), and each
@@ -189,6 +189,15 @@ run_loadgen() {
 	[[ $status -le 1 && -s $out ]] || die "loadgen failed to run (status $status): $(tail -n 3 "$WORK/loadgen.log")"
 	return "$status"
 }
+
+# AWK_MEDIAN: an awk function for the reports, median(list) of a list of
+# numbers separated by spaces. Put it before the program: awk "$AWK_MEDIAN"'...'
+AWK_MEDIAN='
+	function median(list,   a, n, i, j, t) {
+		n = split(list, a, " ")
+		for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+		return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+	}'
 
 # The commands measured and the failures seen, for the scripts' reports.
 FAILED=()
