@@ -11,15 +11,22 @@
 #   bench/ceiling.sh                         # 64KiB and 1KiB, 9 rounds of 4 s
 #   SIZES=64KiB ROUNDS=3 DURATION=2 bench/ceiling.sh   # a short check
 #   SYSCALLS=1 bench/ceiling.sh              # also system calls per request
+#   PROFILE=1 bench/ceiling.sh               # also CPU profiles, see below
 #
 # With SYSCALLS=1, after the rounds, strace -f -c counts Caddy's system
 # calls while each site serves SYSCALL_REQUESTS (5000) requests of each
 # size: exact counts, though strace slows Caddy down.
 #
+# With PROFILE=1, last, Caddy is profiled (/debug/pprof/profile on its
+# admin endpoint) for PROFILE_SECONDS (20) while the webhook site, then the
+# limit's, serves the load of each size, into OUT_DIR (default
+# ./ceiling-profiles) as webhook-SIZE.pprof and limit-SIZE.pprof; the report
+# gives the requests each served meanwhile, to divide a profile's times by.
+#
 # Environment: SIZES ("1KiB 64KiB"), ROUNDS (9), DURATION (s per
 # measurement, 4), CONCURRENCY (32), SYSCALLS (0), SYSCALL_REQUESTS (5000),
-# CADDY_CPUS / LOAD_CPUS (pinning, default 0 / 1). Needs strace for
-# SYSCALLS=1 (Debian: strace).
+# PROFILE (0), PROFILE_SECONDS (20), OUT_DIR, CADDY_CPUS / LOAD_CPUS
+# (pinning, default 0 / 1). Needs strace for SYSCALLS=1 (Debian: strace).
 
 source "$(dirname "$0")/lib.sh"
 
@@ -29,9 +36,14 @@ DURATION=${DURATION:-4}
 CONCURRENCY=${CONCURRENCY:-32}
 SYSCALLS=${SYSCALLS:-0}
 SYSCALL_REQUESTS=${SYSCALL_REQUESTS:-5000}
+PROFILE=${PROFILE:-0}
+PROFILE_SECONDS=${PROFILE_SECONDS:-20}
+OUT_DIR=${OUT_DIR:-$ROOT/ceiling-profiles}
 [[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 1 && $DURATION -le 600 ]] || die "DURATION=$DURATION: want 1 to 600 seconds"
 [[ $ROUNDS =~ ^[0-9]+$ && $ROUNDS -ge 1 && $ROUNDS -le 30 ]] || die "ROUNDS=$ROUNDS: want 1 to 30"
 [[ $SYSCALLS == [01] ]] || die "SYSCALLS=$SYSCALLS: want 0 or 1"
+[[ $PROFILE == [01] ]] || die "PROFILE=$PROFILE: want 0 or 1"
+[[ $PROFILE_SECONDS =~ ^[0-9]+$ && $PROFILE_SECONDS -ge 1 && $PROFILE_SECONDS -le 300 ]] || die "PROFILE_SECONDS=$PROFILE_SECONDS: want 1 to 300"
 [[ $SYSCALL_REQUESTS =~ ^[0-9]+$ && $SYSCALL_REQUESTS -ge 100 ]] || die "SYSCALL_REQUESTS=$SYSCALL_REQUESTS: want 100 or more"
 [[ $SYSCALLS == 0 ]] || command -v strace >/dev/null || die "SYSCALLS=1 needs strace (apt-get install strace)"
 
@@ -56,7 +68,7 @@ PLAIN=$(free_port)
 HOOK=$(free_port)
 LIMIT=$(free_port)
 ADMIN=$(free_port)
-LIFETIME=$(( ROUNDS * $(wc -w <<<"$SIZES") * 3 * (DURATION + 10) + SYSCALLS * 600 + 300 ))
+LIFETIME=$(( ROUNDS * $(wc -w <<<"$SIZES") * 3 * (DURATION + 10) + SYSCALLS * 600 + PROFILE * $(wc -w <<<"$SIZES") * 2 * (PROFILE_SECONDS + 20) + 300 ))
 cat >"$WORK/Caddyfile" <<EOF
 {
 	admin 127.0.0.1:$ADMIN
@@ -132,6 +144,35 @@ if [[ $SYSCALLS == 1 ]]; then
 	done
 fi
 
+if [[ $PROFILE == 1 ]]; then
+	mkdir -p "$OUT_DIR"
+	: >"$WORK/profiles.tsv"
+	for size in $SIZES; do
+		for setup in webhook limit; do
+			# The load runs 2 s before and after the profile, so that the
+			# profile sees it all the way; the profile's share of it is
+			# counted by the upstream, read around the profile.
+			run_loadgen "$WORK/profile-$size-$setup.json" -mode throughput -label "$setup" -url "http://127.0.0.1:$(port_of "$setup")/webhooks/openai" \
+				-duration "$((PROFILE_SECONDS + 4))s" -max-requests "$(max_requests "$size" $((PROFILE_SECONDS + 4)))" -concurrency "$CONCURRENCY" -size "$size" &
+			load=$!
+			# Signing comes before the timed phase: wait for the first requests.
+			before=$(curl -sf "http://127.0.0.1:$UP/__stats" | jq .requests)
+			for _ in $(seq 1 600); do
+				sleep 0.1
+				now=$(curl -sf "http://127.0.0.1:$UP/__stats" | jq .requests)
+				((now > before)) && break
+			done
+			sleep 2
+			before=$(curl -sf "http://127.0.0.1:$UP/__stats" | jq .requests)
+			curl -sf -o "$OUT_DIR/$setup-$size.pprof" "http://127.0.0.1:$ADMIN/debug/pprof/profile?seconds=$PROFILE_SECONDS" ||
+				die "profiling $setup at $size"
+			after=$(curl -sf "http://127.0.0.1:$UP/__stats" | jq .requests)
+			wait "$load" || FAILED+=("profile load of $setup at $size")
+			printf '%s\t%s\t%s\n' "$size" "$setup" "$((after - before))" >>"$WORK/profiles.tsv"
+		done
+	done
+fi
+
 echo
 echo "== bench/ceiling.sh: SIZES=\"$SIZES\" ROUNDS=$ROUNDS DURATION=$DURATION CONCURRENCY=$CONCURRENCY SYSCALLS=$SYSCALLS"
 echo "Caddy: bench/ceiling at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo ' (with uncommitted changes)')"
@@ -161,6 +202,12 @@ if [[ $SYSCALLS == 1 ]]; then
 	echo "system calls per request, strace -f -c of Caddy over $SYSCALL_REQUESTS requests per site and size:"
 	printf '%-6s | %-7s | %10s | %14s | %6s | %s\n' size site "reads" "reads (EAGAIN)" writes "all calls"
 	awk -F'\t' '{ printf "%-6s | %-7s | %10s | %14s | %6s | %s\n", $1, $2, $3, $4, $5, $6 }' "$WORK/syscalls.tsv"
+fi
+if [[ $PROFILE == 1 ]]; then
+	echo
+	echo "CPU profiles, ${PROFILE_SECONDS}s of each site under the load of each size: $OUT_DIR/{webhook,limit}-SIZE.pprof;"
+	echo "requests the upstream received during each (divide a profile's times by them: go tool pprof -top FILE):"
+	awk -F'\t' '{ printf "%-6s | %-7s | %d\n", $1, $2, $3 }' "$WORK/profiles.tsv"
 fi
 if ((${#FAILED[@]} > 0)); then
 	printf 'FAILED: %s\n' "${FAILED[@]}"
