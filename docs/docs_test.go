@@ -450,7 +450,8 @@ func layoutRows(text string) ([]string, error) {
 // TestLayoutTable: README.md's layout table names only paths that exist (a
 // path ending in a slash is a directory, any other a file), and leaves out
 // no top-level Go file that is not a test, nor any top-level directory
-// (hidden ones and testdata may be left out): a directory counts as named
+// (hidden ones, testdata and what .gitignore names at the top, such as the
+// bench scripts' profiles, may be left out): a directory counts as named
 // when the table names it or a path inside it (internal/ by
 // internal/verifier/).
 func TestLayoutTable(t *testing.T) {
@@ -477,6 +478,10 @@ func TestLayoutTable(t *testing.T) {
 		}
 	}
 
+	ignored, err := ignoredAtTop()
+	if err != nil {
+		t.Fatal(err)
+	}
 	entries, err := os.ReadDir(repoRoot)
 	if err != nil {
 		t.Fatal(err)
@@ -485,7 +490,7 @@ func TestLayoutTable(t *testing.T) {
 		name := e.Name()
 		switch {
 		case e.IsDir():
-			if strings.HasPrefix(name, ".") || name == "testdata" || named[name] {
+			if strings.HasPrefix(name, ".") || name == "testdata" || named[name] || ignored[name] {
 				continue
 			}
 			inside := false
@@ -502,4 +507,23 @@ func TestLayoutTable(t *testing.T) {
 			t.Errorf("%s's layout table leaves out %s", layoutFile, name)
 		}
 	}
+}
+
+// ignoredAtTop returns the top-level names the repository's .gitignore
+// anchors there ("/name" or "/name/"): files of a user's own, never in a
+// clone.
+func ignoredAtTop() (map[string]bool, error) {
+	text, err := os.ReadFile(filepath.Join(repoRoot, ".gitignore"))
+	if err != nil {
+		return nil, err
+	}
+	ignored := map[string]bool{}
+	for line := range strings.Lines(string(text)) {
+		name, anchored := strings.CutPrefix(strings.TrimSpace(line), "/")
+		name = strings.TrimSuffix(name, "/")
+		if anchored && name != "" && !strings.ContainsAny(name, "/*?[!") {
+			ignored[name] = true
+		}
+	}
+	return ignored, nil
 }
