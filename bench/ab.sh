@@ -73,7 +73,9 @@ build_revision() {
 remove_worktrees() {
 	local dir
 	for dir in "$WORK"/rev-*; do
-		[[ -d $dir ]] && { git worktree remove --force "$dir" 2>/dev/null || true; }
+		if [[ -d $dir ]]; then
+			git worktree remove --force "$dir" 2>/dev/null || true
+		fi
 	done
 }
 trap 'status=$?; remove_worktrees; (exit $status); cleanup' EXIT
