@@ -93,25 +93,13 @@ fi
 go build -o "$WORK/loadgen" ./bench/loadgen || die "building bench/loadgen"
 go build -o "$WORK/upstream" ./bench/upstream || die "building bench/upstream"
 
-max_requests() { # the bound of one measurement, above what one core serves
-	case $1 in
-	*KiB) (( ${1%KiB} <= 4 )) && echo $((DURATION * 25000)) || echo $((DURATION * 7000)) ;;
-	*) echo $((DURATION * 1000)) ;;
-	esac
-}
-
 UP=$(free_port)
 PLAIN=$(free_port)
 HOOK=$(free_port)
 ADMIN=$(free_port)
 LIFETIME=$(( (ROUNDS * 3 + 3) * ($(wc -w <<<"$SIZES") * 2 * (DURATION + 5) + PROFILE_SECONDS * 2 + 30) + 300 ))
 cat >"$WORK/Caddyfile" <<EOF
-{
-	admin 127.0.0.1:$ADMIN
-	persist_config off
-	grace_period 5s
-	default_bind 127.0.0.1
-}
+$(global_options "$ADMIN")
 
 http://127.0.0.1:$PLAIN {
 	reverse_proxy 127.0.0.1:$UP
@@ -151,7 +139,7 @@ run_revision() {
 			out="$WORK/ab-$name-$round-$size-$setup.json"
 			measured "$out" loadgen -mode throughput -label "$setup" -url "http://127.0.0.1:$port/webhooks/openai" \
 				-upstream-stats "http://127.0.0.1:$UP/__stats" \
-				-duration "${DURATION}s" -max-requests "$(max_requests "$size")" -concurrency "$CONCURRENCY" -size "$size"
+				-duration "${DURATION}s" -max-requests "$(max_requests "$size" "$DURATION")" -concurrency "$CONCURRENCY" -size "$size"
 			jq -r --arg rev "$name" --arg round "$round" --arg size "$size" \
 				'[$rev, $round, $size, .label, .requests_per_s, (if .responses > 0 then .caddy.cpu_s * 1e6 / .responses else 0 end)] | @tsv' \
 				"$out" >>"$WORK/ab.tsv"
@@ -178,7 +166,7 @@ if [[ $PROFILE == 1 ]]; then
 		sleep 1
 		for size in $SIZES; do
 			run_loadgen "$WORK/profile-load.json" -mode throughput -label webhook -url "http://127.0.0.1:$HOOK/webhooks/openai" \
-				-duration "$((PROFILE_SECONDS + 4))s" -max-requests "$(DURATION=$((PROFILE_SECONDS + 4)) max_requests "$size")" -concurrency "$CONCURRENCY" -size "$size" &
+				-duration "$((PROFILE_SECONDS + 4))s" -max-requests "$(max_requests "$size" $((PROFILE_SECONDS + 4)))" -concurrency "$CONCURRENCY" -size "$size" &
 			load=$!
 			sleep 1
 			curl -sf -o "$OUT_DIR/$name-$size.pprof" "http://127.0.0.1:$ADMIN/debug/pprof/profile?seconds=$PROFILE_SECONDS" ||

@@ -54,15 +54,6 @@ log "building bench/ceiling"
 go build -o "$CADDY" ./bench/ceiling || die "building bench/ceiling"
 build_tools
 
-# max_requests SIZE SECONDS: the bound of one measurement, above what one
-# core serves (every request is signed before the timed phase).
-max_requests() {
-	case $1 in
-	*KiB) (( ${1%KiB} <= 4 )) && echo $(($2 * 25000)) || echo $(($2 * 7000)) ;;
-	*) echo $(($2 * 1000)) ;;
-	esac
-}
-
 UP=$(free_port)
 PLAIN=$(free_port)
 HOOK=$(free_port)
@@ -70,12 +61,7 @@ LIMIT=$(free_port)
 ADMIN=$(free_port)
 LIFETIME=$(( ROUNDS * $(wc -w <<<"$SIZES") * 3 * (DURATION + 10) + SYSCALLS * 600 + PROFILE * $(wc -w <<<"$SIZES") * 2 * (PROFILE_SECONDS + 20) + 300 ))
 cat >"$WORK/Caddyfile" <<EOF
-{
-	admin 127.0.0.1:$ADMIN
-	persist_config off
-	grace_period 5s
-	default_bind 127.0.0.1
-}
+$(global_options "$ADMIN")
 
 http://127.0.0.1:$PLAIN {
 	reverse_proxy 127.0.0.1:$UP

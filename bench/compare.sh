@@ -40,25 +40,6 @@ PARTS=${PARTS:-throughput refuse memory}
 [[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 1 && $DURATION -le 600 ]] || die "DURATION=$DURATION: want 1 to 600 seconds"
 [[ $ROUNDS =~ ^[0-9]+$ && $ROUNDS -ge 1 && $ROUNDS -le 10 ]] || die "ROUNDS=$ROUNDS: want 1 to 10"
 
-# max_requests SIZE: the bound (and pre-signed count) of one run, above
-# what this gateway serves in DURATION on one core, so that the run lasts
-# DURATION; a run that exhausts it still reports a correct rate.
-max_requests() {
-	local bytes
-	case $1 in
-	*MiB) bytes=$((${1%MiB} << 20)) ;;
-	*KiB) bytes=$((${1%KiB} << 10)) ;;
-	*) bytes=$1 ;;
-	esac
-	if ((bytes <= 4096)); then
-		echo $((DURATION * 25000))
-	elif ((bytes <= 65536)); then
-		echo $((DURATION * 7000))
-	else
-		echo $((DURATION * 1000))
-	fi
-}
-
 LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
 build_tools
 log "$PIN_NOTE"
@@ -71,19 +52,13 @@ ADMIN=$(free_port)
 RUNS=$(( $(wc -w <<<"$SIZES") * ROUNDS * 2 + 3 ))
 LIFETIME=$((RUNS * (DURATION + 60) + 600))
 cat >"$WORK/Caddyfile" <<EOF
-{
-	admin 127.0.0.1:$ADMIN
-	persist_config off
-	grace_period 5s
-	default_bind 127.0.0.1
-	# Diagnostic server for the refuse part only: without Caddy's default
+$(global_options "$ADMIN" "	# Diagnostic server for the refuse part only: without Caddy's default
 	# body idle timeout, net/http does not drain unread request bodies.
 	servers 127.0.0.1:$DIAG {
 		timeouts {
 			read_body_idle -1s
 		}
-	}
-}
+	}")
 
 # plain: the same upstream, no verification
 http://127.0.0.1:$PLAIN {
@@ -112,7 +87,7 @@ sleep 1
 if [[ " $PARTS " == *" throughput "* ]]; then
 	: >"$WORK/throughput.tsv"
 	for size in $SIZES; do
-		max=$(max_requests "$size")
+		max=$(max_requests "$size" "$DURATION")
 		for round in $(seq 1 "$ROUNDS"); do
 			order="plain webhook"
 			((round % 2 == 0)) && order="webhook plain"
@@ -159,12 +134,7 @@ if [[ " $PARTS " == *" memory "* ]]; then
 	MEM=$(free_port)
 	MEM_ADMIN=$(free_port)
 	cat >"$WORK/Caddyfile.memory" <<EOF
-{
-	admin 127.0.0.1:$MEM_ADMIN
-	persist_config off
-	grace_period 5s
-	default_bind 127.0.0.1
-}
+$(global_options "$MEM_ADMIN")
 
 http://127.0.0.1:$MEM {
 	openai_webhook {env.OPENAI_WEBHOOK_SECRET} {

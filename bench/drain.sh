@@ -61,12 +61,7 @@ site() {
 
 start_gateway() {
 	cat >"$WORK/Caddyfile" <<EOF
-{
-	admin 127.0.0.1:$ADMIN
-	persist_config off
-	grace_period 5s
-	default_bind 127.0.0.1
-}
+$(global_options "$ADMIN")
 
 http://127.0.0.1:$SITE {
 $(site "$1")

@@ -190,6 +190,36 @@ run_loadgen() {
 	return "$status"
 }
 
+# max_requests SIZE SECONDS: the bound (and pre-signed count) of one
+# measurement of SIZE bodies (bytes, or with KiB or MiB), above what the
+# gateway serves in SECONDS on one core, so that the measurement lasts its
+# time; one that exhausts it still reports a correct rate.
+max_requests() {
+	local bytes
+	case $1 in
+	*MiB) bytes=$((${1%MiB} << 20)) ;;
+	*KiB) bytes=$((${1%KiB} << 10)) ;;
+	*) bytes=$1 ;;
+	esac
+	if ((bytes <= 4096)); then
+		echo $(($2 * 25000))
+	elif ((bytes <= 65536)); then
+		echo $(($2 * 7000))
+	else
+		echo $(($2 * 1000))
+	fi
+}
+
+# global_options ADMIN [LINES]: the global options block each script's
+# Caddyfile starts with: the admin endpoint on 127.0.0.1:ADMIN, no config
+# persisted, a short grace period, every site bound to 127.0.0.1; LINES
+# (tab-indented options) go inside it too.
+global_options() {
+	printf '{\n\tadmin 127.0.0.1:%s\n\tpersist_config off\n\tgrace_period 5s\n\tdefault_bind 127.0.0.1\n' "$1"
+	[[ -z ${2:-} ]] || printf '%s\n' "$2"
+	printf '}\n'
+}
+
 # AWK_MEDIAN: an awk function for the reports, median(list) of a list of
 # numbers separated by spaces. Put it before the program: awk "$AWK_MEDIAN"'...'
 AWK_MEDIAN='

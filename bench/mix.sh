@@ -33,12 +33,7 @@ HOOK=$(free_port)
 ADMIN=$(free_port)
 LIFETIME=$((DURATION + 300))
 cat >"$WORK/Caddyfile" <<EOF
-{
-	admin 127.0.0.1:$ADMIN
-	persist_config off
-	grace_period 5s
-	default_bind 127.0.0.1
-}
+$(global_options "$ADMIN")
 
 http://127.0.0.1:$HOOK {
 	openai_webhook {env.OPENAI_WEBHOOK_SECRET}

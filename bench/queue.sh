@@ -106,12 +106,7 @@ for round in $(seq 1 "$ROUNDS"); do
 		esac
 		redis-cli -p "$REDIS" FLUSHALL >/dev/null
 		cat >"$WORK/Caddyfile" <<EOF
-{
-	admin 127.0.0.1:$ADMIN
-	persist_config off
-	grace_period 5s
-	default_bind 127.0.0.1
-}
+$(global_options "$ADMIN")
 
 http://127.0.0.1:$SITE {
 $(site "$setup")

@@ -53,12 +53,7 @@ STARTED+=("$REDIS_PID")
 wait_port "$REDIS" "$REDIS_PID"
 
 cat >"$WORK/Caddyfile" <<EOF
-{
-	admin 127.0.0.1:$ADMIN
-	persist_config off
-	grace_period 5s
-	default_bind 127.0.0.1
-}
+$(global_options "$ADMIN")
 
 http://127.0.0.1:$PLAIN {
 	reverse_proxy 127.0.0.1:$UP
