@@ -1,8 +1,9 @@
 // Command ceiling is Caddy with one more handler, verify_only: the least
 // any gateway that verifies a Standard Webhooks signature and forwards the
-// verified bytes must do, and nothing else. bench/ab.sh runs it (with
-// CEILING=1) beside the two revisions it compares, as the physical limit of
-// the webhook/plain ratio on the machine: it reads the body into a reused
+// verified bytes must do, and nothing else. bench/ceiling.sh serves it
+// beside openai_webhook, and bench/ab.sh (with CEILING=1) beside the two
+// revisions it compares, as the physical limit of the webhook/plain ratio
+// on the machine: it reads the body into a reused
 // buffer, computes one HMAC-SHA256 over id.timestamp.body with a reused
 // hash, compares it with the header's v1 signatures in constant time,
 // checks the timestamp's window, and hands the buffer to the next handler.
