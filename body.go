@@ -1,6 +1,7 @@
 package openaiwebhook
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"sync"
@@ -16,7 +17,13 @@ var chunkPool = sync.Pool{New: func() any { return new([chunkSize]byte) }}
 
 // chunkListPool recycles the lists of chunks, so a long body does not cost a
 // longer list each time.
-var chunkListPool = sync.Pool{New: func() any { return new([]*[chunkSize]byte) }}
+var chunkListPool = sync.Pool{New: func() any { return new([][]byte) }}
+
+// heapBodyMax is the largest verified body moved out of its pooled chunk to
+// the heap (see moveToHeap): up to it, the copy costs less than holding the
+// chunk until the request ends (BenchmarkStep: move-to-heap against
+// release-at-request-end).
+const heapBodyMax = 2 << 10
 
 var (
 	errBodyTooLarge = errors.New("body exceeds max_size")
@@ -47,12 +54,18 @@ func (b *budget) reserve(n int64) bool {
 func (b *budget) free(n int64) { b.used.Add(-n) }
 
 // bufferedBody is a request body read in full, held in pooled chunks until
-// release. The request must be verified before any byte goes upstream, so the
-// whole body is held; readers made by newReader let the transport rewind it.
+// release, or on the heap once moveToHeap moved it there. The request must be
+// verified before any byte goes upstream, so the whole body is held; readers
+// made by newReader let the transport rewind it.
 type bufferedBody struct {
-	mu       sync.RWMutex // excludes readers from release
-	list     *[]*[chunkSize]byte
-	chunks   []*[chunkSize]byte // *list's backing array
+	mu sync.RWMutex // excludes readers from release
+	// list is the pooled list whose backing array chunks is; nil once the
+	// body is on the heap.
+	list *[][]byte
+	// chunks are pooled chunks, each chunkSize long, or the body's one heap
+	// copy (onHeap[0]).
+	chunks   [][]byte
+	onHeap   [1][]byte
 	size     int64
 	released bool
 	budget   *budget
@@ -68,7 +81,7 @@ type bufferedBody struct {
 // most limit+1 bytes and returns errBodyTooLarge when the body is longer
 // than limit.
 func bufferBody(b *bufferedBody, src io.Reader, limit int64, hash io.Writer, budget *budget) error {
-	b.list, b.budget = chunkListPool.Get().(*[]*[chunkSize]byte), budget
+	b.list, b.budget = chunkListPool.Get().(*[][]byte), budget
 	b.chunks = (*b.list)[:0]
 	for {
 		if b.size == limit {
@@ -86,7 +99,7 @@ func bufferBody(b *bufferedBody, src io.Reader, limit int64, hash io.Writer, bud
 				return errOverloaded
 			}
 			b.reserved += chunkSize
-			b.chunks = append(b.chunks, chunkPool.Get().(*[chunkSize]byte))
+			b.chunks = append(b.chunks, chunkPool.Get().(*[chunkSize]byte)[:])
 		}
 		chunk := b.chunks[len(b.chunks)-1]
 		room := min(int64(chunkSize-off), limit-b.size)
@@ -128,6 +141,20 @@ func expectEOF(src io.Reader) error {
 func (b *bufferedBody) verified() {
 	b.budget.free(b.reserved)
 	b.reserved = 0
+}
+
+// moveToHeap moves a verified body of at most heapBodyMax bytes out of its
+// pooled chunk to the heap, gives the chunk back now, and reports whether it
+// did. The body then lives as long as anything refers to it, and needs no
+// release. Only for a body nothing reads yet.
+func (b *bufferedBody) moveToHeap() bool {
+	if b.size > heapBodyMax {
+		return false
+	}
+	b.onHeap[0] = bytes.Clone(b.chunks[0][:b.size])
+	b.returnChunks()
+	b.chunks = b.onHeap[:]
+	return true
 }
 
 // view calls fn with the whole body in one slice, and returns what fn
@@ -181,14 +208,21 @@ func (b *bufferedBody) release() {
 		return
 	}
 	b.released = true
+	b.returnChunks()
+}
+
+// returnChunks gives the body's pooled chunks back, and any budget still held.
+func (b *bufferedBody) returnChunks() {
 	b.budget.free(b.reserved)
 	b.reserved = 0
-	for _, c := range b.chunks {
-		chunkPool.Put(c)
+	if b.list != nil {
+		for _, c := range b.chunks {
+			chunkPool.Put((*[chunkSize]byte)(c))
+		}
+		clear(b.chunks)
+		*b.list = b.chunks[:0]
+		chunkListPool.Put(b.list)
 	}
-	clear(b.chunks)
-	*b.list = b.chunks[:0]
-	chunkListPool.Put(b.list)
 	b.chunks, b.list = nil, nil
 }
 

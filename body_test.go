@@ -51,6 +51,48 @@ func TestBufferedBodyAfterRelease(t *testing.T) {
 	}
 }
 
+// TestMoveToHeap: a verified body of at most heapBodyMax bytes leaves its
+// chunk, which goes back to the pool at once: a reader of the body still
+// reads its own bytes after other bodies took the pool's chunks, and after
+// the request would have released it. A longer body stays in its chunks.
+func TestMoveToHeap(t *testing.T) {
+	for _, size := range []int{0, 1, 1 << 10, heapBodyMax, heapBodyMax + 1} {
+		want := bytes.Repeat([]byte("m"), size)
+		bud := unlimited()
+		b := new(bufferedBody)
+		if err := bufferBody(b, bytes.NewReader(want), 1<<20, io.Discard, bud); err != nil {
+			t.Fatal(err)
+		}
+		b.verified()
+		moved := b.moveToHeap()
+		if moved != (size <= heapBodyMax) {
+			t.Fatalf("%d bytes: moved %v", size, moved)
+		}
+		reader := b.newReader()
+		for range 4 { // other requests overwrite whatever chunks the pool has
+			other := new(bufferedBody)
+			if err := bufferBody(other, bytes.NewReader(bytes.Repeat([]byte("o"), heapBodyMax)), 1<<20, io.Discard, bud); err != nil {
+				t.Fatal(err)
+			}
+			other.release()
+		}
+		got, err := io.ReadAll(reader)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%d bytes: read back %q (%v)", size, got, err)
+		}
+		if !moved {
+			b.release()
+			continue
+		}
+		if got := b.view(func(raw []byte) bool { return bytes.Equal(raw, want) }); !got {
+			t.Fatalf("%d bytes: the view of a moved body differs", size)
+		}
+		if used := bud.used.Load(); used != 0 {
+			t.Fatalf("%d bytes: a moved body holds %d bytes of budget", size, used)
+		}
+	}
+}
+
 func TestBufferBodyLimit(t *testing.T) {
 	for _, tc := range []struct {
 		size, limit int

@@ -237,22 +237,25 @@ func TestEventParsedOnlyWhenNeeded(t *testing.T) {
 
 // TestEventPlaceholdersAfterTheHandler: log_append and the access log read
 // placeholders once the handlers have returned; the event is still there
-// until Go's server ends the request.
+// until Go's server ends the request, whether its body was moved to the
+// heap or stays in its pooled chunks until then.
 func TestEventPlaceholdersAfterTheHandler(t *testing.T) {
 	h, _ := provisioned(t, &Handler{Secrets: []string{testSecret}})
-	body := []byte(`{"object":"event","id":"evt_after","type":"eval.run.succeeded"}`)
-	r := signedRequest(t, "wh_after_handler", body, time.Now())
-	repl := caddy.NewReplacer()
-	ctx, end := context.WithCancel(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
-	defer end()
-	quiet := caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error { return nil })
-	if err := h.ServeHTTP(httptest.NewRecorder(), r.WithContext(ctx), quiet); err != nil {
-		t.Fatal(err)
-	}
-	if typ, _ := repl.GetString("http.openai_webhook.event_type"); typ != "eval.run.succeeded" {
-		t.Fatalf("event_type after the handler returned: %q", typ)
-	}
-	if id, _ := repl.GetString("http.openai_webhook.event_id"); id != "evt_after" {
-		t.Fatalf("event_id after the handler returned: %q", id)
+	for _, pad := range []int{0, heapBodyMax, 3 * chunkSize} {
+		body := []byte(`{"object":"event","id":"evt_after","type":"eval.run.succeeded","pad":"` + strings.Repeat("p", pad) + `"}`)
+		r := signedRequest(t, fmt.Sprint("wh_after_handler_", pad), body, time.Now())
+		repl := caddy.NewReplacer()
+		ctx, end := context.WithCancel(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
+		quiet := caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error { return nil })
+		if err := h.ServeHTTP(httptest.NewRecorder(), r.WithContext(ctx), quiet); err != nil {
+			t.Fatal(err)
+		}
+		if typ, _ := repl.GetString("http.openai_webhook.event_type"); typ != "eval.run.succeeded" {
+			t.Errorf("%d-byte body: event_type after the handler returned: %q", len(body), typ)
+		}
+		if id, _ := repl.GetString("http.openai_webhook.event_id"); id != "evt_after" {
+			t.Errorf("%d-byte body: event_id after the handler returned: %q", len(body), id)
+		}
+		end()
 	}
 }

@@ -370,8 +370,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	d.hdr, d.family, d.series = headers, family, h.seriesOf(r)
 	d.series.verified[result.Key].Inc()
 	// Held until Caddy is done with the request, so that placeholders read
-	// after the forward (log_append, the access log) still find the event.
-	context.AfterFunc(r.Context(), d.body.release)
+	// after the forward (log_append, the access log) still find the event:
+	// on the heap, or in its chunks until the request's context ends.
+	if !d.body.moveToHeap() {
+		context.AfterFunc(r.Context(), d.body.release)
+	}
 	d.event.body = &d.body
 	r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer).Map(d.placeholder)
 	if h.events != nil {
